@@ -1,0 +1,99 @@
+"""The model directory: ``manifest.json`` + ``sae.safetensors`` + ``ranker.safetensors``.
+
+A model directory describes itself completely: the manifest names the supervisor it was built
+for (source id, weights hash, probed layer, tokenizer), the feature, SAE, ranker and calibration
+configs, a summary of the training data and the dev-split metrics. Loading refuses a directory
+built for another supervisor, because SAE latents of one model's states mean nothing for
+another's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT = "ptbot-model"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(ValueError):
+    """A model directory is missing, incomplete, or built for another supervisor."""
+
+
+def default_model_dir() -> Path:
+    """The artifact shipped inside the package (SmolLM2-135M, trained on Python only)."""
+    return Path(__file__).with_name("default_model")
+
+
+def ptbot_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ptbot")
+    except PackageNotFoundError:
+        return "0+source"
+
+
+def read_manifest(model_dir: Path) -> dict[str, Any]:
+    """Read and check a model directory's manifest; raise ``ArtifactError`` with what to do."""
+    path = Path(model_dir) / MANIFEST
+    if not Path(model_dir).is_dir():
+        raise ArtifactError(f"model directory not found: {model_dir}")
+    if not path.exists():
+        raise ArtifactError(f"{model_dir} has no {MANIFEST}: not a ptbot model directory "
+                            "(build one with `ptbot pretrain` then `ptbot bind`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path} is not valid JSON: {e}") from e
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not a ptbot model manifest")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise ArtifactError(f"{model_dir} was written by a newer ptbot (format "
+                            f"{manifest['format_version']}); upgrade ptbot")
+    return manifest
+
+
+def write_manifest(model_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest atomically (a crash never leaves half a manifest)."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest,
+                "ptbot_version": ptbot_version(),
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tmp = model_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    tmp.replace(model_dir / MANIFEST)
+
+
+@dataclass(frozen=True)
+class SupervisorRef:
+    """What an artifact records about its supervisor."""
+
+    model: str
+    source: str
+    sha256: str
+    layer: int
+    num_layers: int
+    hidden_size: int
+    tokenizer: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def check_supervisor(manifest: dict[str, Any], ref: SupervisorRef, model_dir: Path) -> None:
+    """Refuse to pair an artifact with a supervisor it was not built for."""
+    want = manifest.get("supervisor") or {}
+    if want.get("sha256") and want["sha256"] != ref.sha256:
+        raise ArtifactError(
+            f"model {model_dir} was built for supervisor {want.get('source')!r} "
+            f"(weights {want['sha256'][:12]}), but the loaded supervisor is {ref.source!r} "
+            f"(weights {ref.sha256[:12]}). Use --supervisor {want.get('model')!r}, or rebuild the "
+            "model for this supervisor with `ptbot pretrain` and `ptbot bind`.")
+    if want.get("layer") and int(want["layer"]) != ref.layer:
+        raise ArtifactError(f"model {model_dir} probes layer {want['layer']}, not {ref.layer}")

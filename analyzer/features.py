@@ -1,0 +1,136 @@
+"""Per-line vectors from the supervisor, and the ranker's input features built from them.
+
+Two stages:
+- ``extract``: texts -> for each text, its scorable lines (``LineSpan``) and the probed-layer state
+  at each line's end token, shape (n_lines, d). One truncated forward per text, batched.
+- ``ranker_inputs``: SAE latents of one snippet's lines -> the ranker's features. Besides the
+  latents themselves it adds the latents centred on the snippet's mean (what is unusual about this
+  line *within its file*, which transfers across languages far better than absolute states: issue
+  #3's probe measured 2-4x on Python -> JavaScript) and three shape features (log token count,
+  relative position, log length), because the longest line is a strong baseline that the ranker
+  should be able to use, not re-learn from latents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from analyzer.lines import LineSpan, map_lines
+from analyzer.supervisor import Supervisor
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How line vectors become ranker inputs (saved in the artifact manifest)."""
+
+    prefix: str = "```{language}\n"
+    """Text put before the code (``{language}`` is filled in); keeps the code off position 0,
+    whose state is an attention sink with activations ~100x larger than any other token."""
+    centre: bool = True
+    """Append the latents centred on the snippet mean."""
+    shape: bool = True
+    """Append log token count, relative position and log character length."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def prefix_for(self, language: str | None) -> str:
+        return self.prefix.replace("{language}", language or "")
+
+    def n_inputs(self, n_latents: int) -> int:
+        return n_latents * (2 if self.centre else 1) + (3 if self.shape else 0)
+
+
+@dataclass(frozen=True)
+class SnippetLines:
+    """A text's scorable lines and their states."""
+
+    lines: list[LineSpan]
+    states: torch.Tensor
+    """(n_lines, d) float32: probed-layer state at each line's end token."""
+
+
+class StateCache:
+    """Line states on disk, keyed by supervisor weights hash, layer and the exact input text.
+
+    Reading code is the expensive step of training and evaluation; the same snippets are read by
+    ``pretrain``, ``bind`` and every ``eval`` run, so each is read once. One small file per text.
+    """
+
+    def __init__(self, root: Path, sup: Supervisor):
+        self.dir = Path(root) / "states" / f"{sup.info.sha256[:16]}-L{sup.layer}"
+
+    def _path(self, model_input: str) -> Path:
+        h = hashlib.sha256(model_input.encode("utf-8", "surrogatepass")).hexdigest()
+        return self.dir / h[:2] / f"{h}.pt"
+
+    def get(self, model_input: str) -> torch.Tensor | None:
+        p = self._path(model_input)
+        if not p.exists():
+            return None
+        try:
+            return torch.load(p, weights_only=True)
+        except (OSError, RuntimeError, EOFError):
+            return None  # a torn write from a killed run: recompute
+
+    def put(self, model_input: str, states: torch.Tensor) -> None:
+        p = self._path(model_input)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(f".tmp{id(states)}")
+        torch.save(states.contiguous().clone(), tmp)
+        tmp.replace(p)
+
+
+def extract(sup: Supervisor, texts: Sequence[str], languages: Sequence[str | None],
+            cfg: FeatureConfig, progress: bool = False, chunk: int = 64,
+            desc: str = "reading code", cache: StateCache | None = None) -> list[SnippetLines]:
+    """Line states for many texts: one batched truncated forward pass per ``chunk`` texts."""
+    encoded = []
+    for text, lang in zip(texts, languages):
+        prefix = cfg.prefix_for(lang)
+        enc = sup.encode(prefix + text)
+        encoded.append((prefix + text, enc, map_lines(text, enc.offsets, base=len(prefix))))
+    out: list[SnippetLines | None] = [None] * len(encoded)
+    todo = []
+    for i, (key, _, spans) in enumerate(encoded):
+        hit = cache.get(key) if cache is not None else None
+        if hit is not None and hit.shape[0] == len(spans):
+            out[i] = SnippetLines(spans, hit)
+        else:
+            todo.append(i)
+    bar = tqdm(total=len(todo), desc=desc, unit="file", disable=not progress or not todo, leave=False)
+    for c in range(0, len(todo), chunk):
+        part = todo[c:c + chunk]
+        states = sup.states([encoded[i][1].ids for i in part])
+        for i, h in zip(part, states):
+            key, _, spans = encoded[i]
+            idx = torch.tensor([s.end_token for s in spans], dtype=torch.long)
+            lines = h[idx] if spans else h[:0]   # (n_lines, d)
+            out[i] = SnippetLines(spans, lines)
+            if cache is not None:
+                cache.put(key, lines)
+        bar.update(len(part))
+    bar.close()
+    return [o for o in out if o is not None]
+
+
+def ranker_inputs(latents: torch.Tensor, lines: Sequence[LineSpan], cfg: FeatureConfig) -> torch.Tensor:
+    """(n_lines, n_latents) SAE latents of one snippet -> (n_lines, cfg.n_inputs(n_latents))."""
+    parts = [latents]
+    if cfg.centre:
+        parts.append(latents - latents.mean(dim=0, keepdim=True))
+    if cfg.shape:
+        n = max(len(lines), 1)
+        shape = torch.tensor(
+            [[torch.log1p(torch.tensor(float(s.n_tokens))).item(),
+              i / max(n - 1, 1),
+              torch.log1p(torch.tensor(float(len(s.text.strip())))).item()]
+             for i, s in enumerate(lines)], dtype=latents.dtype).reshape(len(lines), 3)
+        parts.append(shape)
+    return torch.cat(parts, dim=1)

@@ -1,0 +1,229 @@
+"""Training loops written out in full: stage 1 (``pretrain``: the SAE) and stage 2 (``bind``).
+
+No argument parsing here: ``bot/cli.py`` reads files and flags and calls these functions.
+
+Stage 1 data (method.md §1.3, with PT's bugs fixed): for every record, its buggy ``code`` and its
+``fixed`` version, paired line by line where the fix changed them; plus ``mutations`` mutated
+copies of every clean (fixed) snippet: a real swap of two lines, a line from another snippet, a
+deleted line (the next line is labelled). Every line of every text is an SAE training vector;
+the (correct line, buggy line) pairs feed the contrastive term.
+
+Stage 2 (method.md §1.5, §5.2): the SAE latents of each labelled snippet's lines -> ranker
+features -> MLP trained with NeuralNDCG + a pointwise BCE head, early-stopped on a dev split
+grouped by problem; then Platt scaling on the dev split's logits.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from analyzer import artifact
+from analyzer.calibrate import Calibrator
+from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, ranker_inputs
+from analyzer.metrics import SnippetPrediction, evaluate
+from analyzer.mutate import mutate, pair_lines
+from analyzer.ranker import RankerConfig, Slate, load_ranker, save_ranker, train_ranker
+from analyzer.records import problem_key, split_by_problem
+from analyzer.sae import SAEConfig, load_sae, save_sae, train_sae
+from analyzer.supervisor import Supervisor
+from analyzer.types import Record
+
+log = logging.getLogger(__name__)
+
+
+def supervisor_ref(sup: Supervisor) -> artifact.SupervisorRef:
+    """What the manifest records about the supervisor an artifact is built on."""
+    return artifact.SupervisorRef(
+        model=sup.cfg.model, source=sup.info.source, sha256=sup.info.sha256, layer=sup.layer,
+        num_layers=sup.info.num_layers, hidden_size=sup.info.hidden_size,
+        tokenizer=type(sup.tokenizer).__name__)
+
+
+# ------------------------------------------------------------------------------------ stage 1
+
+
+def pretraining_texts(records: Sequence[Record], mutations: int, seed: int,
+                      fine: bool = False) -> tuple[list[tuple[str, str]], list[tuple[int, int, int, int]]]:
+    """Texts to read and line pairs between them.
+
+    Returns ``texts`` as (code, language) and ``pairs`` as (text a, line a, text b, line b): line a
+    of text a is a correct line, line b of text b the buggy/mutated line that replaces it.
+    """
+    rng = random.Random(seed)
+    texts: list[tuple[str, str]] = []
+    pairs: list[tuple[int, int, int, int]] = []
+    clean = [r.fixed for r in records if r.fixed]
+    for rec in records:
+        if rec.fixed:
+            a = len(texts)
+            texts.append((rec.fixed, rec.language))
+            b = len(texts)
+            texts.append((rec.code, rec.language))
+            pairs += [(a, la, b, lb) for la, lb in pair_lines(rec.fixed, rec.code)]
+            base, lang = rec.fixed, rec.language
+        else:  # an unlabelled clean snippet: mutations only
+            a = len(texts)
+            texts.append((rec.code, rec.language))
+            base, lang = rec.code, rec.language
+        for _ in range(mutations):
+            donors = [clean[rng.randrange(len(clean))] for _ in range(3)] if clean else []
+            m = mutate(base, rng, donors=donors, n=rng.choice((1, 1, 2)), fine=fine)
+            if m is None:
+                continue
+            b = len(texts)
+            texts.append((m.code, lang))
+            pairs += [(a, la, b, lb) for la, lb in m.pairs]
+    return texts, pairs
+
+
+def pretrain(sup: Supervisor, records: Sequence[Record], out_dir: Path, *,
+             sae_cfg: dict[str, Any] | None = None, features: FeatureConfig = FeatureConfig(),
+             mutations: int = 2, fine_mutations: bool = False, seed: int = 0,
+             progress: bool = True, cache: StateCache | None = None,
+             holdout: float | None = 0.2, max_records: int | None = None) -> dict[str, Any]:
+    """Stage 1: train the contrastive TopK SAE on line states; write it into ``out_dir``.
+
+    ``holdout``: the share of problems that ``bind`` will hold out as its dev split (same
+    hash-based split, same seed) is left out here too, so no dev label reaches stage 1 either.
+    ``max_records``: a seeded random subset, to bound the cost of reading code.
+    """
+    if holdout:
+        records, _ = split_by_problem(records, holdout, seed)
+    if max_records is not None and len(records) > max_records:
+        records = random.Random(seed).sample(list(records), max_records)
+    if not records:
+        raise ValueError("no training records: pass at least one JSONL file with code")
+    texts, pairs = pretraining_texts(records, mutations, seed, fine_mutations)
+    log.info("pretraining on %d texts (%d records, %d mutations each), %d line pairs",
+             len(texts), len(records), mutations, len(pairs))
+    snippets = extract(sup, [t for t, _ in texts], [lang for _, lang in texts], features,
+                       progress=progress, desc="reading code (stage 1)", cache=cache)
+    rows: list[dict[int, int]] = []  # per text: line number -> row of x
+    chunks, n = [], 0
+    for sn in snippets:
+        rows.append({s.line: n + i for i, s in enumerate(sn.lines)})
+        chunks.append(sn.states)
+        n += len(sn.lines)
+    x = torch.cat(chunks) if chunks else torch.empty(0, sup.info.hidden_size)
+    pair_rows = [(rows[a][la], rows[b][lb]) for a, la, b, lb in pairs
+                 if la in rows[a] and lb in rows[b]]
+    pt = torch.tensor(pair_rows, dtype=torch.long).reshape(-1, 2)
+    cfg = SAEConfig(**{"d_in": x.shape[1], "seed": seed, **(sae_cfg or {})})
+    model, metrics = train_sae(cfg, x, pt, checkpoint_dir=Path(out_dir) / "checkpoints",
+                               progress=progress)
+    sae_dict = save_sae(model, out_dir)
+    summary = {"records": len(records), "holdout": holdout, "texts": len(texts), "lines": int(x.shape[0]),
+               "pairs": int(pt.shape[0]), "mutations_per_snippet": mutations,
+               "languages": sorted({r.language for r in records})}
+    manifest = _existing(out_dir)
+    manifest.update({"name": Path(out_dir).name, "supervisor": supervisor_ref(sup).to_dict(),
+                     "features": features.to_dict(), "sae": sae_dict,
+                     "sae_training": {**summary, **{k: v for k, v in metrics.items() if k != "history"}},
+                     "ranker": None, "calibration": None})
+    artifact.write_manifest(out_dir, manifest)
+    return manifest
+
+
+def _existing(model_dir: Path) -> dict[str, Any]:
+    try:
+        m = artifact.read_manifest(model_dir)
+    except artifact.ArtifactError:
+        return {}
+    return {k: v for k, v in m.items() if k not in ("format", "format_version")}
+
+
+# ------------------------------------------------------------------------------------ stage 2
+
+
+def _labels(rec: Record, sn: SnippetLines) -> torch.Tensor:
+    bad = set(rec.buggy_lines)
+    return torch.tensor([1.0 if s.line in bad else 0.0 for s in sn.lines])
+
+
+def snippet_features(sae, snippets: Sequence[SnippetLines], features: FeatureConfig) -> list[torch.Tensor]:
+    """SAE latents -> ranker inputs, per snippet: list of (n_lines, n_inputs)."""
+    out = []
+    with torch.no_grad():
+        for sn in snippets:
+            z = sae.encode(sn.states) if len(sn.lines) else torch.zeros(0, sae.cfg.n_latents)
+            out.append(ranker_inputs(z, sn.lines, features))
+    return out
+
+
+def make_slates(sup: Supervisor, sae, records: Sequence[Record], features: FeatureConfig,
+                progress: bool, desc: str, cache: StateCache | None = None) -> list[Slate]:
+    """Labelled slates (one per record with at least one scorable line)."""
+    snippets = extract(sup, [r.code for r in records], [r.language for r in records], features,
+                       progress=progress, desc=desc, cache=cache)
+    feats = snippet_features(sae, snippets, features)
+    slates = []
+    for rec, sn, f in zip(records, snippets, feats):
+        if not sn.lines:
+            continue
+        slates.append(Slate(features=f, labels=_labels(rec, sn),
+                            tokens=torch.tensor([s.n_tokens for s in sn.lines]),
+                            group=problem_key(rec)))
+    return slates
+
+
+def predictions(ranker, calibrator: Calibrator | None, slates: Sequence[Slate]) -> list[SnippetPrediction]:
+    """Ranker scores (and calibrated probabilities) as metric inputs."""
+    out = []
+    with torch.no_grad():
+        for s in slates:
+            logits = ranker(s.features).float().numpy()
+            probs = calibrator.predict(logits) if calibrator is not None else None
+            out.append(SnippetPrediction(scores=logits, labels=s.labels.numpy().astype(int),
+                                         tokens=s.tokens.numpy(), probabilities=probs, group=s.group))
+    return out
+
+
+def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
+         ranker_cfg: dict[str, Any] | None = None, dev_fraction: float = 0.2, seed: int = 0,
+         calibration: str = "platt", progress: bool = True,
+         cache: StateCache | None = None) -> dict[str, Any]:
+    """Stage 2: train the ranker and calibrator on labelled records; update ``model_dir``."""
+    manifest = artifact.read_manifest(model_dir)
+    if not manifest.get("sae"):
+        raise artifact.ArtifactError(f"{model_dir} has no SAE yet: run `ptbot pretrain` first")
+    artifact.check_supervisor(manifest, supervisor_ref(sup), model_dir)
+    features = FeatureConfig(**manifest["features"])
+    sae = load_sae(model_dir, manifest["sae"])
+    train_recs, dev_recs = split_by_problem(records, dev_fraction, seed)
+    if not train_recs or not dev_recs:
+        raise ValueError(f"need records on both sides of the problem split (train {len(train_recs)}, "
+                         f"dev {len(dev_recs)}); pass more data or change --dev-fraction")
+    train = make_slates(sup, sae, train_recs, features, progress, "reading code (train)", cache)
+    dev = make_slates(sup, sae, dev_recs, features, progress, "reading code (dev)", cache)
+    cfg = RankerConfig(**{"d_in": train[0].features.shape[1], "seed": seed, **(ranker_cfg or {})})
+    ranker, history = train_ranker(cfg, train, dev, progress=progress)
+    ranker.eval()
+    dev_preds = predictions(ranker, None, dev)
+    logits = [p.scores for p in dev_preds]
+    import numpy as np
+
+    calib = Calibrator.fit(np.concatenate(logits), np.concatenate([p.labels for p in dev_preds]),
+                           method=calibration)
+    base_rate = float(torch.cat([s.labels for s in train]).mean())
+    dev_metrics = evaluate(predictions(ranker, calib, dev), base_rate=base_rate, n_boot=200, seed=seed)
+    save_ranker(ranker, model_dir)
+    manifest = _existing(model_dir)
+    manifest.update({
+        "ranker": cfg.to_dict(), "calibration": calib.to_dict(),
+        "ranker_training": {"train_records": len(train_recs), "dev_records": len(dev_recs),
+                            "train_lines": int(sum(len(s.labels) for s in train)),
+                            "base_rate": base_rate, "dev_fraction": dev_fraction, "seed": seed,
+                            "languages": sorted({r.language for r in records}),
+                            "sources": sorted({r.source for r in records}),
+                            "best_epoch": history.get("best_epoch") if isinstance(history, dict) else None},
+        "dev_metrics": dev_metrics,
+    })
+    artifact.write_manifest(model_dir, manifest)
+    return manifest

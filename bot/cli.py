@@ -1,0 +1,370 @@
+"""``ptbot``: the command line, and the one place that wires every package together.
+
+Settings are read from the environment once (``Settings.from_env``) and passed down; flags
+override them. Heavy imports (torch, transformers) happen inside the commands that need them, so
+``ptbot --help`` and ``ptbot serve`` start fast. Progress goes to stderr, results to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from bot.config import Settings
+
+log = logging.getLogger("ptbot")
+
+FORMATS = ("text", "json", "sarif", "markdown", "html")
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.obj["settings"]
+
+
+def _fail(message: str) -> click.ClickException:
+    return click.ClickException(message)
+
+
+def _parse_lines(spec: str | None) -> list[int] | None:
+    """``3,7-9`` -> [3, 7, 8, 9]."""
+    if not spec:
+        return None
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-", 1))
+                if a > b or a < 1:
+                    raise ValueError
+                out.extend(range(a, b + 1))
+            else:
+                n = int(part)
+                if n < 1:
+                    raise ValueError
+                out.append(n)
+        except ValueError:
+            raise click.BadParameter(f"{part!r} is not a line number or range like 7-9",
+                                     param_hint="--lines") from None
+    return out
+
+
+def _supervisor_config(settings: Settings, **overrides):
+    from analyzer.supervisor import SupervisorConfig
+
+    cfg = SupervisorConfig(device=settings.device, cache_dir=Path(settings.cache_dir).expanduser())
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _load_scorer(settings: Settings, model: str | None, quiet: bool):
+    """Load the RiskScorer (model dir from --model, PTBOT_MODEL, or the packaged default)."""
+    from analyzer.artifact import ArtifactError
+    from analyzer.score import RiskScorer
+    from analyzer.supervisor import SupervisorError
+
+    model_dir = model or settings.model or None
+    if not quiet:
+        click.echo(f"loading model {model_dir or '(built-in default)'}...", err=True)
+    try:
+        return RiskScorer.load(model_dir, supervisor=_supervisor_config(settings))
+    except (ArtifactError, SupervisorError) as e:
+        raise _fail(str(e)) from e
+
+
+def _write(text: str, output: str | None) -> None:
+    if output and output != "-":
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")
+@click.version_option(package_name="ptbot", message="ptbot %(version)s")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """ptbot ranks the lines of a change by the probability that they need an edit.
+
+    It reads the code with a small "supervisor" LLM, takes the model's internal state at the end
+    of every line, compresses it with a sparse autoencoder and ranks lines with a small learned
+    ranker whose scores are calibrated into probabilities.
+
+    \b
+    Start here:
+      ptbot review                      rank the lines you changed (working tree vs HEAD)
+      ptbot review --base main          ... everything since main
+      ptbot score FILE --lines 10-40    rank lines of one file
+    \b
+    Train your own model (see README):
+      ptbot pretrain DATA.jsonl... --out MODEL_DIR     stage 1: contrastive sparse autoencoder
+      ptbot bind DATA.jsonl... --model MODEL_DIR       stage 2: ranker + calibration
+
+    Settings come from PTBOT_* environment variables (PTBOT_MODEL, PTBOT_CACHE_DIR,
+    PTBOT_DEVICE, ...); flags override them.
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        # transformers and GGUF loading are chatty; keep them quiet unless asked.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        settings = Settings.from_env(os.environ)
+    except ValueError as e:
+        raise _fail(f"invalid environment settings: {e}") from e
+    ctx.obj = {"settings": settings}
+
+
+# ------------------------------------------------------------------------------------- score
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--lines", "lines_spec", metavar="SPEC", help="Only report these lines, e.g. 3,7-9.")
+@click.option("--language", help="Language name (default: from the file extension).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--model", metavar="MODEL_DIR", help="Model directory (default: PTBOT_MODEL or built-in).")
+@click.option("--top", "top_k", type=click.IntRange(min=1), help="Show only the K riskiest lines.")
+@click.pass_context
+def score(ctx, file, lines_spec, language, fmt, model, top_k):
+    """Rank the lines of one FILE (or - for stdin) by the probability that they need an edit."""
+    from analyzer.languages import language_for_path
+    from analyzer.types import Report, ScoreRequest, Skipped
+    from bot.report import render_report
+    from bot.review import Plan, ReviewLimits, rank_report
+
+    lines = _parse_lines(lines_spec)
+    if file == "-":
+        data, path = sys.stdin.buffer.read(), "<stdin>"
+    else:
+        p = Path(file)
+        if not p.is_file():
+            raise _fail(f"no such file: {file}")
+        data, path = p.read_bytes(), file
+    settings = _settings(ctx)
+    lang = language or language_for_path(path)
+    skipped: list[Skipped] = []
+    try:
+        text = data.decode("utf-8")
+        if "\x00" in text:
+            raise UnicodeDecodeError("utf-8", data, 0, 1, "NUL byte")
+    except UnicodeDecodeError:
+        text = None
+        skipped.append(Skipped(path, "not valid UTF-8 text (binary?)"))
+    if text is not None and lang is None:
+        click.echo(f"warning: unknown language for {path}; scoring it anyway "
+                   "(pass --language to be explicit)", err=True)
+    scorer = _load_scorer(settings, model, quiet=fmt == "json")
+    req = () if text is None else (ScoreRequest(path, text, frozenset(lines) if lines else None, lang),)
+    report, _ = rank_report(scorer, Plan(req, tuple(skipped), 0, {}), ReviewLimits(top_k=top_k))
+    if text is not None and not report.lines:
+        report = Report(report.model, (), (Skipped(path, "no scorable lines (blank or punctuation only)"),))
+    _write(render_report(report, fmt), None)
+
+
+# ------------------------------------------------------------------------------------ review
+
+
+@cli.command()
+@click.option("--repo", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Git work tree to review.")
+@click.option("--base", metavar="REV", help="Compare from this revision (default: HEAD).")
+@click.option("--head", metavar="REV", help="Compare to this revision (default: the working tree).")
+@click.option("--diff", "diff_file", metavar="FILE|-",
+              help="Review this unified diff instead of asking git (new file texts are read from --repo's working tree).")
+@click.option("--top", "top_k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Show at most K lines.")
+@click.option("--min-probability", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Hide lines below this probability.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
+@click.option("--output", "-o", metavar="FILE", help="Write the result here instead of stdout.")
+@click.option("--model", metavar="MODEL_DIR", help="Model directory (default: PTBOT_MODEL or built-in).")
+@click.pass_context
+def review(ctx, repo, base, head, diff_file, top_k, min_probability, fmt, output, model):
+    """Rank the added and changed lines of a change, riskiest first.
+
+    \b
+    By default: the working tree (staged, unstaged and untracked files) against HEAD.
+      ptbot review --base main              main..working tree
+      ptbot review --base v1.2 --head HEAD  a range of commits
+      git diff | ptbot review --diff -      any unified diff
+
+    Each changed line is scored in the context of the whole new file. Files that cannot be scored
+    (binary, deleted, renamed only, unknown language, not UTF-8, too large) are listed with the
+    reason. Exit code 0 unless the command itself failed.
+    """
+    from analyzer.diff import DiffError, decode_diff
+    from bot.localrepo import LocalRepo, RepoError
+    from bot.render import Coverage
+    from bot.report import render_report
+    from bot.review import ReviewLimits, plan_requests, rank_report
+
+    settings = _settings(ctx)
+    limits = ReviewLimits(top_k=top_k, min_probability=min_probability)
+    quiet = fmt != "text" and not output
+    try:
+        if diff_file:
+            if base or head:
+                raise _fail("--diff cannot be combined with --base/--head")
+            raw = sys.stdin.buffer.read() if diff_file == "-" else _read_bytes(diff_file)
+            decoded = decode_diff(raw)
+            files, undecodable = decoded.files, decoded.undecodable
+            root = Path(repo)
+
+            def read_new(path: str) -> bytes | None:
+                p = root / path
+                return p.read_bytes() if p.is_file() else None
+        else:
+            local = LocalRepo(repo)
+            d = local.diff(base, head)
+            files, undecodable = d.files, d.undecodable
+
+            def read_new(path: str) -> bytes | None:
+                return local.file_text(path, d.head)
+    except (RepoError, DiffError) as e:
+        raise _fail(str(e)) from e
+
+    plan = plan_requests(files, read_new, limits, undecodable)
+    if not files:
+        click.echo("nothing to review: the diff is empty", err=True)
+    scorer = _load_scorer(settings, model, quiet=quiet)
+    report, n_scored = rank_report(scorer, plan, limits, progress=not quiet)
+    coverage = Coverage(scored=n_scored, candidates=max(plan.candidates, n_scored),
+                        skipped=report.skipped, scope="changed")
+    changed = {r.path: set(r.lines or ()) for r in plan.requests}
+    _write(render_report(report, fmt, files=plan.texts, changed=changed, coverage=coverage), output)
+
+
+def _read_bytes(path: str) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise _fail(f"no such diff file: {path}")
+    return p.read_bytes()
+
+
+# --------------------------------------------------------------------------------- training
+
+
+def _records(paths, languages=None):
+    from analyzer.records import RecordError, load_records
+
+    try:
+        recs = load_records([Path(p) for p in paths], languages)
+    except RecordError as e:
+        raise _fail(str(e)) from e
+    if not recs:
+        raise _fail("no records in " + ", ".join(paths) +
+                    (f" for languages {', '.join(languages)}" if languages else ""))
+    return recs
+
+
+def _load_supervisor(settings: Settings, supervisor: str, layer: int | None):
+    from analyzer.supervisor import Supervisor, SupervisorError
+
+    click.echo(f"loading supervisor {supervisor}...", err=True)
+    try:
+        return Supervisor.load(_supervisor_config(settings, model=supervisor, layer=layer))
+    except SupervisorError as e:
+        raise _fail(str(e)) from e
+
+
+def _state_cache(ctx: click.Context, sup):
+    from analyzer.features import StateCache
+
+    return StateCache(Path(_settings(ctx).cache_dir).expanduser(), sup)
+
+
+@cli.command()
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Model directory to create (resumes from its checkpoints if interrupted).")
+@click.option("--supervisor", default="smollm2", show_default=True,
+              help="Supervisor LLM: smollm2, gemma3-270m, a hub id, a local dir or a .gguf file.")
+@click.option("--layer", type=click.IntRange(min=1), help="Decoder block to probe (default: ceil(L/4)).")
+@click.option("--languages", help="Only records of these languages (comma-separated).")
+@click.option("--mutations", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Mutated copies per clean snippet (swap, foreign line, delete).")
+@click.option("--fine-mutations", is_flag=True, help="Also use operator-level mutations.")
+@click.option("--latents", type=click.IntRange(min=1), help="SAE dictionary size (default 4 x hidden).")
+@click.option("--k", "topk", type=click.IntRange(min=1), help="Active latents per line (default 32).")
+@click.option("--contrastive-weight", type=click.FloatRange(min=0), help="Weight of the contrastive loss (0 = off).")
+@click.option("--epochs", type=click.IntRange(min=1), help="SAE training epochs.")
+@click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Leave out the problems `ptbot bind` will hold out for its dev split (same seed).")
+@click.option("--max-records", type=click.IntRange(min=1), help="Use a seeded random subset of the records.")
+@click.option("--seed", default=0, show_default=True)
+@click.pass_context
+def pretrain(ctx, data, out_dir, supervisor, layer, languages, mutations, fine_mutations, latents,
+             topk, contrastive_weight, epochs, dev_fraction, max_records, seed):
+    """Stage 1: train the contrastive TopK sparse autoencoder on DATA (JSONL, shared schema).
+
+    Every record gives its buggy code and its fixed version, paired line by line; clean code also
+    gets MUTATIONS mutated copies (two lines swapped, a line from another snippet, a line deleted).
+    """
+    from analyzer.train import pretrain as run
+
+    langs = [x.strip() for x in languages.split(",")] if languages else None
+    recs = _records(data, langs)
+    sup = _load_supervisor(_settings(ctx), supervisor, layer)
+    sae = {k: v for k, v in {"n_latents": latents, "k": topk, "contrastive_weight": contrastive_weight,
+                             "epochs": epochs}.items() if v is not None}
+    try:
+        manifest = run(sup, recs, Path(out_dir), sae_cfg=sae, mutations=mutations,
+                       fine_mutations=fine_mutations, seed=seed, cache=_state_cache(ctx, sup),
+                       holdout=dev_fraction or None, max_records=max_records)
+    except ValueError as e:
+        raise _fail(str(e)) from e
+    t = manifest["sae_training"]
+    click.echo(f"SAE trained on {t['lines']:,} lines ({t['pairs']:,} pairs): "
+               f"fvu {t.get('fvu', float('nan')):.3f}, dead {t.get('dead_fraction', 0):.1%}; "
+               f"wrote {out_dir}", err=True)
+
+
+@cli.command()
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Model directory made by `ptbot pretrain`.")
+@click.option("--languages", help="Only records of these languages (comma-separated).")
+@click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Share of problems held out for early stopping and calibration.")
+@click.option("--calibration", type=click.Choice(["platt", "temperature"]), default="platt", show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="NeuralNDCG temperature.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")
+@click.option("--seed", default=0, show_default=True)
+@click.pass_context
+def bind(ctx, data, model_dir, languages, dev_fraction, calibration, temperature, epochs, seed):
+    """Stage 2: train the ranker (NeuralNDCG + pointwise head) and calibrate it on DATA."""
+    from analyzer.artifact import ArtifactError, read_manifest
+    from analyzer.train import bind as run
+
+    langs = [x.strip() for x in languages.split(",")] if languages else None
+    recs = _records(data, langs)
+    try:
+        manifest = read_manifest(Path(model_dir))
+    except ArtifactError as e:
+        raise _fail(str(e)) from e
+    sup = _load_supervisor(_settings(ctx), manifest["supervisor"]["model"], manifest["supervisor"]["layer"])
+    rcfg = {k: v for k, v in {"temperature": temperature, "epochs": epochs}.items() if v is not None}
+    try:
+        manifest = run(sup, Path(model_dir), recs, ranker_cfg=rcfg, dev_fraction=dev_fraction,
+                       seed=seed, calibration=calibration, cache=_state_cache(ctx, sup))
+    except (ArtifactError, ValueError) as e:
+        raise _fail(str(e)) from e
+    m = manifest["dev_metrics"]
+    click.echo("dev split: " + ", ".join(f"{k} {m[k]:.3f}" for k in ("top1", "top3", "top5", "auroc", "bss", "ece")
+                                         if isinstance(m.get(k), float)) + f"; wrote {model_dir}", err=True)
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    cli(prog_name="ptbot")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

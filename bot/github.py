@@ -1,0 +1,508 @@
+"""Everything ptbot asks of the GitHub REST API, through PyGithub (the only module importing it).
+
+``GitHubApp`` turns the App's id and key into installation-scoped clients (JWT -> installation
+token, refreshed by PyGithub before it expires). ``GitHubPullRequest`` is one PR as the review
+pipeline needs it: FileDiffs parsed from the API's per-file patches (no clone, so forks work),
+file text at a SHA, commits with their own patches, the fingerprints ptbot already posted, one
+review posted with validated anchors, and a check run.
+
+Rate limits (github-bot.md §3.9): PyGithub's own retry and throttling are switched off and done
+here instead, so they are bounded and shared per installation: writes of one installation go
+one at a time at least ``seconds_between_writes`` apart, and 403/429/5xx answers are retried
+after ``retry-after``, ``x-ratelimit-reset`` or an exponential backoff with jitter.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from github import Auth, Github, GithubException, GithubIntegration
+
+from analyzer.diff import parse_diff
+from analyzer.types import FileDiff
+from bot.config import RepoConfig, Settings
+from bot.provenance import CommitInfo, LineProvenance, Person, attribute_lines, pull_request_ai_reason
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# The hidden marker ptbot puts in everything it posts (bot.render.marker writes it):
+# ``<!-- ptbot:fp=<hex> model=... sha=... -->``; ``fp`` is the line's content fingerprint.
+MARKER_RE = re.compile(r"<!--\s*ptbot:([^>]*?)\s*-->")
+CHECK_RUN_NAME = "ptbot"
+_STATUS_MAP = {"removed": "deleted", "changed": "modified", "unchanged": "modified"}
+
+
+def marker_fingerprints(body: str) -> set[str]:
+    """The ``fp`` values of every ptbot marker in a comment or review body."""
+    found: set[str] = set()
+    for fields in MARKER_RE.findall(body or ""):
+        for kv in fields.split():
+            key, _, value = kv.partition("=")
+            if key == "fp" and value:
+                found.add(value)
+    return found
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to retry rate-limited and failed requests; bounded in attempts and delay."""
+
+    max_attempts: int = 5
+    """Tries per request, the first included."""
+    backoff_base: float = 60.0
+    """First wait after a secondary rate limit with no ``retry-after`` (the docs say a minute)."""
+    server_error_base: float = 2.0
+    """First wait after a 5xx answer."""
+    max_delay: float = 900.0
+    """No single wait is longer than this (seconds)."""
+    jitter: float = 0.1
+    """Each wait is stretched by a random fraction up to this, so workers do not retry in step."""
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if min(self.backoff_base, self.server_error_base, self.max_delay, self.jitter) < 0:
+            raise ValueError("backoff delays and jitter must be >= 0")
+
+
+def retry_delay(status: int, headers: Mapping[str, str], message: str, attempt: int,
+                policy: RetryPolicy, now: float, rand: float) -> float | None:
+    """Seconds to wait before retrying an answer with ``status``, or None to give up now.
+
+    ``attempt`` counts from 0; ``rand`` is uniform in [0, 1) (the jitter). Order from the docs:
+    ``retry-after``; else ``x-ratelimit-remaining: 0`` -> until ``x-ratelimit-reset``; else a
+    secondary limit -> exponential backoff from ``backoff_base``.
+    """
+    if attempt + 1 >= policy.max_attempts:
+        return None
+    h = {k.lower(): v for k, v in headers.items()}
+    stretch = 1.0 + policy.jitter * rand
+    if status in (403, 429):
+        if "retry-after" in h:
+            try:
+                return min(policy.max_delay, float(h["retry-after"]) * stretch)
+            except ValueError:
+                pass
+        if h.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in h:
+            try:
+                return min(policy.max_delay, max(0.0, float(h["x-ratelimit-reset"]) - now) * stretch + 1.0)
+            except ValueError:
+                pass
+        if status == 429 or "rate limit" in message.lower():
+            return min(policy.max_delay, policy.backoff_base * 2**attempt * stretch)
+        return None  # a permission 403: retrying will not help
+    if status in (500, 502, 503, 504):
+        return min(policy.max_delay, policy.server_error_base * 2**attempt * stretch)
+    return None
+
+
+class WriteGate:
+    """Serialises one installation's write requests, at least ``min_interval`` seconds apart."""
+
+    def __init__(self, min_interval: float) -> None:
+        self.min_interval = min_interval
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def defer(self, seconds: float) -> None:
+        """Hold every write of the installation for ``seconds`` (a rate limit applies to all)."""
+        with self._lock:
+            self._last = max(self._last, time.monotonic() + seconds - self.min_interval)
+
+    def run(self, fn: Callable[[], T], sleep: Callable[[float], None]) -> T:
+        with self._lock:
+            wait = self._last + self.min_interval - time.monotonic()
+            if wait > 0:
+                sleep(wait)
+            try:
+                return fn()
+            finally:
+                self._last = time.monotonic()
+
+
+class GitHubApp:
+    """The App's identity on one GitHub host: installation clients and their write gates.
+
+    One per process (the composition root builds it); gates are shared by every PR of an
+    installation handled in this process.
+    """
+
+    def __init__(self, app_id: str, private_key: str, api_url: str = "https://api.github.com", *,
+                 seconds_between_writes: float = 1.0, retry: RetryPolicy | None = None,
+                 sleep: Callable[[float], None] = time.sleep, timeout: int = 15) -> None:
+        if not app_id or not private_key:
+            raise ValueError("a GitHub App id and private key are needed: set PTBOT_APP_ID and "
+                             "PTBOT_PRIVATE_KEY (or PTBOT_PRIVATE_KEY_FILE)")
+        self.api_url = api_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.seconds_between_writes = seconds_between_writes
+        self.sleep = sleep
+        # retry=None and no PyGithub throttling: this module does both, bounded and per installation.
+        self._client_kwargs: dict[str, Any] = dict(
+            base_url=self.api_url, timeout=timeout, retry=None,
+            seconds_between_requests=None, seconds_between_writes=None)
+        self._integration = GithubIntegration(auth=Auth.AppAuth(int(app_id), private_key),
+                                              **self._client_kwargs)
+        self._clients: dict[int, Github] = {}
+        self._gates: dict[int, WriteGate] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> GitHubApp:
+        """Build from ``bot.config.Settings`` (checks the App credentials are there)."""
+        settings.require_app()
+        return cls(settings.app_id, settings.private_key, settings.github_api_url,
+                   seconds_between_writes=settings.seconds_between_writes, **kwargs)
+
+    def client(self, installation_id: int) -> Github:
+        """A PyGithub client acting as the installation (token minted lazily, auto-refreshed)."""
+        with self._lock:
+            if installation_id not in self._clients:
+                self._clients[installation_id] = self._integration.get_github_for_installation(installation_id)
+                self._gates[installation_id] = WriteGate(self.seconds_between_writes)
+            return self._clients[installation_id]
+
+    def call(self, installation_id: int, fn: Callable[[], T], *, write: bool = False) -> T:
+        """Run ``fn`` (one or more API requests) with backoff; writes go through the gate."""
+        self.client(installation_id)
+        gate = self._gates[installation_id]
+        for attempt in range(self.retry.max_attempts):
+            try:
+                return gate.run(fn, self.sleep) if write else fn()
+            except GithubException as e:
+                message = e.data.get("message", "") if isinstance(e.data, dict) else str(e.data or "")
+                delay = retry_delay(e.status, e.headers or {}, message, attempt, self.retry,
+                                    time.time(), random.random())
+                # A write that failed with a 5xx may still have happened (a review posted twice
+                # is worse than none): leave it to the caller, who re-checks fingerprints first.
+                if delay is None or (write and e.status >= 500):
+                    raise
+                log.warning("GitHub answered %s (%s); retry %d/%d in %.1f s", e.status, message,
+                            attempt + 1, self.retry.max_attempts - 1, delay)
+                if write:
+                    gate.defer(delay)  # the next attempt, and every other write, waits in the gate
+                else:
+                    self.sleep(delay)
+        raise AssertionError("unreachable: the last attempt either returns or raises")
+
+    def pull_request(self, installation_id: int, owner: str, repo: str, number: int) -> GitHubPullRequest:
+        return GitHubPullRequest(self, installation_id, owner, repo, number)
+
+
+@dataclass(frozen=True)
+class ReviewComment:
+    """One inline comment: RIGHT side (new file) line, optional multi-line start, Markdown body."""
+
+    path: str
+    line: int
+    body: str
+    start_line: int | None = None
+
+    def to_api(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"path": self.path, "line": self.line, "side": "RIGHT", "body": self.body}
+        if self.start_line is not None and self.start_line < self.line:
+            d.update(start_line=self.start_line, start_side="RIGHT")
+        return d
+
+
+@dataclass(frozen=True)
+class PostedReview:
+    """What ``post_review`` did: the review id, comments anchored inline, comments moved to the body."""
+
+    review_id: int
+    inline: tuple[ReviewComment, ...]
+    moved_to_body: tuple[ReviewComment, ...] = ()
+
+
+def anchor_error(files: Sequence[FileDiff], c: ReviewComment) -> str | None:
+    """Why GitHub would refuse ``c`` as an anchor in this diff, or None if it is fine."""
+    fd = next((f for f in files if f.path == c.path and f.status != "deleted"), None)
+    if fd is None:
+        return "path is not part of the diff"
+    for h in fd.hunks:
+        lines = set(h.new_linenos())
+        if c.line in lines:
+            if c.start_line is not None and c.start_line < c.line and c.start_line not in lines:
+                return "start line must be part of the same hunk as the line"
+            return None
+    return "line must be part of the diff"
+
+
+def _diff_header(f: Any) -> str:
+    """A ``diff --git`` header for one API file entry, so its ``patch`` parses like ``git diff``."""
+    new, status = f.filename, f.status
+    old = f.previous_filename or new
+    head = [f"diff --git a/{old} b/{new}"]
+    if status == "added":
+        head += ["new file mode 100644", "--- /dev/null", f"+++ b/{new}"]
+    elif status == "removed":
+        head += ["deleted file mode 100644", f"--- a/{old}", "+++ /dev/null"]
+    else:
+        if status == "renamed":
+            head += [f"rename from {old}", f"rename to {new}"]
+        head += [f"--- a/{old}", f"+++ b/{new}"]
+    return "\n".join(head) + "\n"
+
+
+def files_to_diffs(entries: Sequence[Any]) -> list[FileDiff]:
+    """FileDiffs from API file entries (``/pulls/{n}/files`` or a commit's ``files``)."""
+    out: list[FileDiff] = []
+    for f in entries:
+        status = _STATUS_MAP.get(f.status, f.status)
+        old = f.previous_filename or (None if status == "added" else f.filename)
+        new = None if status == "deleted" else f.filename
+        if not f.patch:
+            # No patch: a pure rename (nothing changed), or a binary file or a diff too large
+            # for the API; the latter two have no lines ptbot could anchor either way.
+            pure_rename = status in ("renamed", "copied") and not f.changes
+            out.append(FileDiff(old, new, status, (), is_binary=not pure_rename))
+            continue
+        parsed = parse_diff(_diff_header(f) + f.patch.rstrip("\n") + "\n")
+        if not parsed:
+            raise ValueError(f"could not parse the patch GitHub gave for {f.filename}")
+        # The API's own status and paths are authoritative over whatever the header implied.
+        out.append(replace(parsed[0], old_path=old, new_path=new, status=status))
+    return out
+
+
+@dataclass
+class GitHubPullRequest:
+    """One pull request, read and reviewed as an App installation."""
+
+    app: GitHubApp
+    installation_id: int
+    owner: str
+    repo: str
+    number: int
+    _repo_obj: Any = field(default=None, repr=False)
+    _pr: Any = field(default=None, repr=False)
+    _files: list[FileDiff] | None = field(default=None, repr=False)
+    _etags: dict[str, tuple[str, Any]] = field(default_factory=dict, repr=False)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.repo}"
+
+    def _call(self, fn: Callable[[], T], write: bool = False) -> T:
+        return self.app.call(self.installation_id, fn, write=write)
+
+    def _repo(self) -> Any:
+        """The PyGithub Repository, fetched once (clients are not lazy: errors surface in _call)."""
+        if self._repo_obj is None:
+            gh = self.app.client(self.installation_id)
+            self._repo_obj = self._call(lambda: gh.get_repo(self.full_name))
+        return self._repo_obj
+
+    def pull(self, refresh: bool = False) -> Any:
+        """The PyGithub PullRequest (head SHA, refs, labels, author), cached."""
+        if self._pr is None or refresh:
+            repo = self._repo()
+            self._pr = self._call(lambda: repo.get_pull(self.number))
+        return self._pr
+
+    @property
+    def head_sha(self) -> str:
+        return self.pull().head.sha
+
+    def files(self, refresh: bool = False) -> list[FileDiff]:
+        """Every changed file of the PR as a FileDiff (hunks from the API's per-file patch)."""
+        if self._files is None or refresh:
+            entries = self._call(lambda: list(self.pull().get_files()))
+            self._files = files_to_diffs(entries)
+        return self._files
+
+    def file_text(self, path: str, sha: str) -> str:
+        """The whole text of ``path`` at commit ``sha`` (the context the scorer reads)."""
+        repo = self._repo()
+        content = self._call(lambda: repo.get_contents(path, ref=sha))
+        if isinstance(content, list):
+            raise ValueError(f"{path} is a directory at {sha}, not a file")
+        return content.decoded_content.decode("utf-8", errors="replace")
+
+    def commits(self, with_files: bool = True) -> list[CommitInfo]:
+        """The PR's commits, oldest first, with author, committer, message and (optionally) patches."""
+        out: list[CommitInfo] = []
+        repo = self._repo()
+        for c in self._call(lambda: list(self.pull().get_commits())):
+            raw = c.raw_data
+            info, gh_author, gh_committer = raw.get("commit") or {}, raw.get("author"), raw.get("committer")
+            files: tuple[FileDiff, ...] = ()
+            if with_files:
+                full = self._call(lambda sha=c.sha: repo.get_commit(sha))
+                files = tuple(files_to_diffs(list(full.files)))
+            out.append(CommitInfo(
+                sha=c.sha, message=info.get("message", ""),
+                author=_person(info.get("author"), gh_author),
+                committer=_person(info.get("committer"), gh_committer),
+                files=files))
+        return out
+
+    def repo_config(self, defaults: RepoConfig) -> RepoConfig:
+        """``.ptbot.toml`` from the DEFAULT branch over ``defaults`` (a PR cannot silence the bot).
+
+        A missing file means the defaults; an invalid one raises ValueError naming the problem.
+        """
+        repo = self._repo()
+        try:
+            content = self._call(lambda: repo.get_contents(".ptbot.toml", ref=repo.default_branch))
+        except GithubException as e:
+            if e.status == 404:
+                return defaults
+            raise
+        return RepoConfig.from_toml(content.decoded_content.decode("utf-8"), defaults)
+
+    def line_provenance(self, ai_labels: Sequence[str]) -> dict[tuple[str, int], LineProvenance]:
+        """Who wrote each added line of the PR: PR-level signals, else the introducing commit's."""
+        pr = self.pull()
+        pr_reason = pull_request_ai_reason(pr.head.ref, [lab.name for lab in pr.labels],
+                                           pr.user.login if pr.user else None, ai_labels)
+        return attribute_lines(self.files(), self.commits(with_files=True), pr_reason=pr_reason)
+
+    def _get_json(self, url: str) -> Any:
+        """GET with ``If-None-Match``: a 304 costs no rate limit and returns the cached body."""
+        requester = self.app.client(self.installation_id).requester
+        cached = self._etags.get(url)
+        headers = {"If-None-Match": cached[0]} if cached else {}
+        resp_headers, data = self._call(lambda: requester.requestJsonAndCheck("GET", url, headers=headers))
+        if data is None and cached:  # 304 Not Modified
+            return cached[1]
+        etag = {k.lower(): v for k, v in resp_headers.items()}.get("etag")
+        if etag:
+            self._etags[url] = (etag, data)
+        return data
+
+    def review_comments(self) -> list[dict[str, Any]]:
+        """Raw review comments of the PR (with reactions roll-up), conditionally fetched."""
+        out: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            batch = self._get_json(f"/repos/{self.full_name}/pulls/{self.number}/comments"
+                                   f"?per_page=100&page={page}")
+            out.extend(batch or [])
+            if not batch or len(batch) < 100:
+                return out
+            page += 1
+
+    def posted_fingerprints(self) -> set[str]:
+        """Fingerprints in bot-authored review comments and review bodies: what not to post again."""
+        found: set[str] = set()
+        for c in self.review_comments():
+            if (c.get("user") or {}).get("type") == "Bot":
+                found |= marker_fingerprints(c.get("body") or "")
+        for r in self._call(lambda: list(self.pull().get_reviews())):
+            if r.user is not None and r.user.type == "Bot":
+                found |= marker_fingerprints(r.body or "")
+        return found
+
+    def post_review(self, body: str, comments: Sequence[ReviewComment],
+                    commit_sha: str | None = None) -> PostedReview:
+        """Post one COMMENT review; anchors outside the diff go to the body instead.
+
+        Anchors are checked against the hunks first. GitHub's 422 rejects the whole review and
+        does not say which anchor was bad, so on a 422 the diff is re-read (a push may have moved
+        it), bad anchors move to the body, and the review is retried once; if the fresh diff
+        explains nothing, the retry carries every comment in the body.
+        """
+        commit_sha = commit_sha or self.head_sha
+        inline, moved = self._split_anchors(self.files(), comments)
+        try:
+            review_id = self._create_review(commit_sha, body, inline, moved)
+        except GithubException as e:
+            if e.status != 422:
+                raise
+            log.warning("%s#%d: review refused with 422 (%s); re-reading the diff and retrying once",
+                        self.full_name, self.number, e.data)
+            inline, newly = self._split_anchors(self.files(refresh=True), inline)
+            if not newly:
+                inline, newly = [], inline
+            moved = moved + newly
+            review_id = self._create_review(commit_sha, body, inline, moved)
+        return PostedReview(review_id, tuple(inline), tuple(moved))
+
+    def _split_anchors(self, files: Sequence[FileDiff], comments: Sequence[ReviewComment]
+                       ) -> tuple[list[ReviewComment], list[ReviewComment]]:
+        inline: list[ReviewComment] = []
+        moved: list[ReviewComment] = []
+        for c in comments:
+            why = anchor_error(files, c)
+            if why:
+                log.info("%s#%d: %s:%d cannot be anchored (%s); moving it to the review body",
+                         self.full_name, self.number, c.path, c.line, why)
+                moved.append(c)
+            else:
+                inline.append(c)
+        return inline, moved
+
+    def _create_review(self, commit_sha: str, body: str, inline: Sequence[ReviewComment],
+                       moved: Sequence[ReviewComment]) -> int:
+        full_body = body + _moved_section(moved)
+        params = {"commit_id": commit_sha, "body": full_body, "event": "COMMENT",
+                  "comments": [c.to_api() for c in inline]}
+        # Straight through the requester: PyGithub's create_review wants a fetched Commit object.
+        requester = self.app.client(self.installation_id).requester
+        url = f"/repos/{self.full_name}/pulls/{self.number}/reviews"
+        _, review = self._call(lambda: requester.requestJsonAndCheck("POST", url, input=params), write=True)
+        log.info("%s#%d: posted review %s with %d inline comment(s), %d in the body",
+                 self.full_name, self.number, review["id"], len(inline), len(moved))
+        return int(review["id"])
+
+    def create_check_run(self, *, name: str = CHECK_RUN_NAME, head_sha: str | None = None,
+                         status: str = "completed", conclusion: str | None = "neutral",
+                         title: str = "", summary: str = "", text: str = "",
+                         external_id: str | None = None, details_url: str | None = None) -> int:
+        """Create a check run on ``head_sha`` (default: the PR head); returns its id."""
+        kwargs: dict[str, Any] = {"name": name, "head_sha": head_sha or self.head_sha, "status": status}
+        if status == "completed":
+            kwargs["conclusion"] = conclusion or "neutral"
+        if title or summary:
+            # GitHub caps summary and text at 65,535 characters (github-bot.md §3.6).
+            output = {"title": title or name, "summary": summary[:65535]}
+            if text:
+                output["text"] = text[:65535]
+            kwargs["output"] = output
+        if external_id:
+            kwargs["external_id"] = external_id
+        if details_url:
+            kwargs["details_url"] = details_url
+        repo = self._repo()
+        run = self._call(lambda: repo.create_check_run(**kwargs), write=True)
+        return run.id
+
+    def update_check_run(self, run_id: int, *, status: str | None = None, conclusion: str | None = None,
+                         title: str = "", summary: str = "", text: str = "") -> None:
+        """PATCH a check run (``in_progress`` -> ``completed`` with the summary), without a GET first."""
+        params: dict[str, Any] = {}
+        if status:
+            params["status"] = status
+        if conclusion:
+            params["conclusion"] = conclusion
+        if title or summary:
+            params["output"] = {"title": title or CHECK_RUN_NAME, "summary": summary[:65535]}
+            if text:
+                params["output"]["text"] = text[:65535]
+        requester = self.app.client(self.installation_id).requester
+        url = f"/repos/{self.full_name}/check-runs/{run_id}"
+        self._call(lambda: requester.requestJsonAndCheck("PATCH", url, input=params), write=True)
+
+
+def _person(git_identity: dict[str, Any] | None, gh_user: dict[str, Any] | None) -> Person:
+    git_identity = git_identity or {}
+    return Person(name=git_identity.get("name") or "", email=git_identity.get("email") or "",
+                  login=(gh_user or {}).get("login"))
+
+
+def _moved_section(moved: Sequence[ReviewComment]) -> str:
+    if not moved:
+        return ""
+    parts = ["\n\n---\n**Findings that could not be anchored in the diff**\n"]
+    for c in moved:
+        parts.append(f"\n**`{c.path}` line {c.line}**\n\n{c.body}\n")
+    return "".join(parts)

@@ -1,0 +1,1 @@
+"""Celery wiring: the app and the tasks that run scoring on GPU workers."""
