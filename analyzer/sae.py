@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -305,6 +305,11 @@ def _resume_key(cfg: SAEConfig) -> dict[str, Any]:
     return {k: v for k, v in cfg.to_dict().items() if k != "epochs"}
 
 
+def make_optimizer(model: SparseAutoencoder) -> torch.optim.Optimizer:
+    """Adam without weight decay and OpenAI's tiny eps, as in Gao et al."""
+    return torch.optim.Adam(model.parameters(), lr=model.cfg.lr, eps=6.25e-10)
+
+
 @dataclass
 class _TrainState:
     model: SparseAutoencoder
@@ -312,7 +317,7 @@ class _TrainState:
     generator: torch.Generator
     steps_since_fired: Tensor
     epoch: int = 0
-    history: list[dict[str, float]] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def _new_state(cfg: SAEConfig, x: Tensor) -> _TrainState:
@@ -378,11 +383,6 @@ def sae_step(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, cfg: SA
     steps_since_fired += 1
     steps_since_fired[fired] = 0
     return {"fvu": out.fvu.item(), "auxk": out.auxk_loss.item(), "contrastive": loss_c.item()}
-
-
-def make_optimizer(model: SparseAutoencoder) -> torch.optim.Optimizer:
-    """Adam without weight decay and OpenAI's tiny eps, as in Gao et al."""
-    return torch.optim.Adam(model.parameters(), lr=model.cfg.lr, eps=6.25e-10)
 
 
 @torch.no_grad()
