@@ -362,6 +362,52 @@ def bind(ctx, data, model_dir, languages, dev_fraction, calibration, temperature
                                          if isinstance(m.get(k), float)) + f"; wrote {model_dir}", err=True)
 
 
+# ------------------------------------------------------------------------------------ mining
+
+
+@cli.command("mine-repo")
+@click.argument("repo")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output directory for JSONL shards + manifest.json.")
+@click.option("--rev", default="HEAD", show_default=True, help="Revision (range) to walk.")
+@click.option("--since", help="Only commits after this date (git syntax, e.g. 2024-01-01).")
+@click.option("--until", help="Only commits before this date.")
+@click.option("--max-commits", type=click.IntRange(min=1), help="Stop after this many commits.")
+@click.option("--languages", multiple=True, help="Only these languages (repeatable; default all known).")
+@click.option("--include", multiple=True, metavar="GLOB", help="Only paths matching (repeatable).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching (repeatable).")
+@click.option("--mutations", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Mutated copies per clean snippet.")
+@click.option("--fine-mutations", is_flag=True, help="Also operator-level mutations (off-by-one, swapped args...).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out without duplicates.")
+@click.option("--name", help="Repository name recorded in meta (default: from the path or URL).")
+def mine_repo_cmd(repo, out_dir, rev, since, until, max_commits, languages, include, exclude,
+                  mutations, fine_mutations, seed, workers, resume, name):
+    """Turn REPO's git history into contrastive pretraining data.
+
+    REPO is a work tree, a bare repository or a clone URL. Bug-fix commits (message cues and
+    small diffs) become (buggy, fixed) snippet pairs with the replaced lines labelled; with
+    --mutations, clean code also yields mutated copies. Output passes the shared schema check.
+
+    \b
+      ptbot mine-repo ~/src/project --out mined/project --mutations 2
+      ptbot pretrain mined/project/*.jsonl --out my-model
+    """
+    from miners.mine import MineConfig, MiningError, mine_repo
+
+    try:
+        manifest = mine_repo(MineConfig(
+            repo=repo, out=Path(out_dir), name=name, rev=rev, since=since, until=until,
+            max_commits=max_commits, languages=tuple(languages), include=tuple(include),
+            exclude=tuple(exclude), mutations=mutations, fine_mutations=fine_mutations, seed=seed,
+            workers=workers, resume=resume), progress=True)
+    except (ValueError, MiningError) as e:
+        raise _fail(str(e)) from e
+    click.echo(json.dumps(manifest.to_dict(), indent=2))
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     cli(prog_name="ptbot")
 

@@ -1,0 +1,1 @@
+"""Turn git history into contrastive pretraining data (bug-fix pairs and mutations)."""
