@@ -408,6 +408,198 @@ def mine_repo_cmd(repo, out_dir, rev, since, until, max_commits, languages, incl
     click.echo(json.dumps(manifest.to_dict(), indent=2))
 
 
+# ------------------------------------------------------------------------------- GitHub App
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--eager", is_flag=True,
+              help="Run reviews inside this process (no Redis, no worker): a one-machine trial.")
+@click.pass_context
+def serve(ctx, host, port, eager):
+    """Receive GitHub App webhooks: POST /webhook, GET /healthz, GET /metrics.
+
+    Deliveries are verified (PTBOT_WEBHOOK_SECRET), de-duplicated in Redis and queued for
+    `ptbot worker`; with --eager they run in a background thread of this process instead.
+    """
+    from werkzeug.serving import run_simple
+
+    from bot.webhook import MemoryDeliveryDeduper, RedisDeliveryDeduper, create_app
+
+    settings = _settings(ctx)
+    if not settings.webhook_secret:
+        raise _fail("PTBOT_WEBHOOK_SECRET is not set: every delivery would be refused. Set it to "
+                    "the secret entered in the GitHub App's webhook settings.")
+    if eager:
+        from workers.tasks import InProcessQueue, eager_runtime
+
+        try:
+            settings.require_app()
+        except ValueError as e:
+            raise _fail(str(e)) from e
+        enqueue, dedupe = InProcessQueue(eager_runtime(settings)), MemoryDeliveryDeduper()
+    else:
+        from workers.celery_app import celery_enqueue, make_producer
+
+        enqueue, dedupe = celery_enqueue(make_producer(settings)), RedisDeliveryDeduper.from_url(settings.redis_url)
+    click.echo(f"ptbot listening on http://{host}:{port}/webhook"
+               f"{' (eager: reviews run in this process)' if eager else ''}", err=True)
+    run_simple(host, port, create_app(settings, enqueue, dedupe), threaded=True)
+
+
+@cli.command()
+@click.option("--queues", default="cpu,gpu", show_default=True,
+              help="Queues to consume: cpu (GitHub I/O), gpu (scoring; loads the model), or both.")
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Worker processes (each gpu process holds its own copy of the model).")
+@click.pass_context
+def worker(ctx, queues, concurrency):
+    """Run a Celery worker for the GitHub App's reviews (Redis at PTBOT_REDIS_URL)."""
+    from workers.celery_app import WorkerConfig, make_celery, worker_argv
+
+    settings = _settings(ctx)
+    names = {q.strip() for q in queues.split(",") if q.strip()}
+    if not names or names - {"cpu", "gpu"}:
+        raise click.BadParameter("use cpu, gpu or cpu,gpu", param_hint="--queues")
+    try:
+        settings.require_app()
+        argv = worker_argv(queues, concurrency,
+                           "DEBUG" if ctx.find_root().params.get("verbose", 0) >= 2 else "INFO")
+    except ValueError as e:
+        raise _fail(str(e)) from e
+    make_celery(settings, WorkerConfig(preload_scorer="gpu" in names)).worker_main(argv)
+
+
+# ----------------------------------------------------------------------------- eval, features
+
+
+def _model_dir_or_default(settings: Settings, model: str | None) -> Path | None:
+    """--model, else PTBOT_MODEL, else the packaged model if it has been trained."""
+    from analyzer.artifact import MANIFEST, default_model_dir
+
+    if model or settings.model:
+        return Path(model or settings.model)
+    d = default_model_dir()
+    return d if (d / MANIFEST).exists() else None
+
+
+@cli.command("eval")
+@click.argument("tests", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--train", "train_files", multiple=True, metavar="TRAIN.jsonl",
+              help="Training file(s): repeat the flag or separate with commas. Trainable methods learn "
+                   "only from these (split by problem into fit/dev).")
+@click.option("--methods", default="pttrust,probe,lookback,lookback_mlp,uncertainty,length,random",
+              show_default=True, help="Comma-separated methods to compare.")
+@click.option("--model", metavar="MODEL_DIR", help="Model directory (supervisor, layer, SAE; default: "
+              "PTBOT_MODEL or built-in). Without --train, pttrust is its shipped ranker.")
+@click.option("--json", "json_out", metavar="FILE", help="Write the results as JSON.")
+@click.option("--plots", "plots_dir", metavar="DIR", help="Write PNG plots and report.html here.")
+@click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Seeds per trainable method (mean and spread are reported).")
+@click.option("--boot", default=1000, show_default=True, type=click.IntRange(min=0),
+              help="Bootstrap replicates for 95% intervals (0 = none).")
+@click.option("--dev-fraction", default=0.2, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Share of training problems held out for early stopping and calibration.")
+@click.option("--ranker-epochs", type=click.IntRange(min=1), help="Maximum ranker epochs (pttrust, probe).")
+@click.pass_context
+def eval_cmd(ctx, tests, train_files, methods, model, json_out, plots_dir, seeds, boot, dev_fraction,
+             ranker_epochs):
+    """Compare PtTrust with the baselines on each TEST file (JSONL, shared schema).
+
+    \b
+      ptbot eval ../shared/data/humanevalpack-go.jsonl \\
+          --train ../shared/data/quixbugs-python.jsonl,../shared/data/humanevalpack-python.jsonl \\
+          --json results.json --plots plots/
+
+    Prints one table per test file (named by its file stem). Line states and full-model features
+    are cached under PTBOT_CACHE_DIR, so a second run does not read the code again.
+    """
+    from analyzer.artifact import ArtifactError
+    from analyzer.evaluate import EvalConfig, run_eval
+    from analyzer.supervisor import SupervisorError
+    from bot.eval_report import render_table, write_plots
+
+    settings = _settings(ctx)
+    try:
+        cfg = EvalConfig(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), seeds=seeds,
+                         n_boot=boot, dev_fraction=dev_fraction, ranker_epochs=ranker_epochs, progress=True)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--methods") from e
+    train_paths = [p.strip() for f in train_files for p in f.split(",") if p.strip()]
+    for p in train_paths:
+        if not Path(p).is_file():
+            raise _fail(f"no such training file: {p}")
+    stems = [Path(p).stem for p in tests]
+    if len(set(stems)) != len(stems):
+        raise _fail("two test files share a file name; results are keyed by file stem")
+    train = _records(train_paths) if train_paths else []
+    test_sets = {Path(p).stem: _records([p]) for p in tests}
+    cache_root = Path(settings.cache_dir).expanduser()
+    try:
+        report = run_eval(train, test_sets, cfg, model_dir=_model_dir_or_default(settings, model),
+                          supervisor=_supervisor_config(settings), cache_root=cache_root)
+    except (ArtifactError, SupervisorError, ValueError) as e:
+        raise _fail(str(e)) from e
+    doc = report.to_json()
+    click.echo(render_table(doc))
+    if json_out:
+        Path(json_out).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        click.echo(f"wrote {json_out}", err=True)
+    if plots_dir:
+        paths = write_plots(doc, Path(plots_dir))
+        click.echo(f"wrote {len(paths)} files to {plots_dir} (open {paths[-1]})", err=True)
+
+
+@cli.command("features")
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", metavar="MODEL_DIR", help="Model directory (default: PTBOT_MODEL or built-in).")
+@click.option("--top", default=20, show_default=True, type=click.IntRange(min=1), help="Latents to list.")
+@click.option("--examples", default=3, show_default=True, type=click.IntRange(min=0),
+              help="Top-activating example lines per latent.")
+@click.option("--json", "json_out", metavar="FILE", help="Also write the listing as JSON.")
+@click.option("--label", "labels", multiple=True, metavar="LATENT=TEXT",
+              help="Store a short label for a latent in the model's manifest (repeatable; empty TEXT "
+                   "removes it). `ptbot review` shows labels next to a flag's top latents.")
+@click.pass_context
+def features_cmd(ctx, data, model, top, examples, json_out, labels):
+    """List the SAE latents most associated with buggy lines in DATA, with example lines.
+
+    Association = mean activation on buggy lines minus mean activation on correct lines.
+    """
+    from analyzer.artifact import ArtifactError
+    from analyzer.evaluate import latent_associations, open_model, write_latent_labels
+    from analyzer.supervisor import SupervisorError
+    from bot.eval_report import render_latents
+
+    settings = _settings(ctx)
+    model_dir = _model_dir_or_default(settings, model)
+    if model_dir is None:
+        raise _fail("no model directory: pass --model (built by `ptbot pretrain`)")
+    parsed: dict[int, str] = {}
+    for spec in labels:
+        key, sep, text = spec.partition("=")
+        if not sep or not key.strip().isdigit():
+            raise click.BadParameter(f"{spec!r} is not LATENT=TEXT, e.g. 17='off-by-one loop bound'",
+                                     param_hint="--label")
+        parsed[int(key)] = text
+    try:
+        if parsed:
+            write_latent_labels(model_dir, parsed)
+            click.echo(f"stored {len(parsed)} latent label(s) in {model_dir}", err=True)
+        loaded = open_model(model_dir, _supervisor_config(settings))
+        assoc = latent_associations(loaded, _records(data), top=top, examples=examples,
+                                    cache=_state_cache(ctx, loaded.sup), progress=True)
+    except (ArtifactError, SupervisorError, ValueError) as e:
+        raise _fail(str(e)) from e
+    rows = [a.to_dict() for a in assoc]
+    click.echo(render_latents(rows), nl=False)
+    if json_out:
+        Path(json_out).write_text(json.dumps({"latents": rows}, indent=2) + "\n", encoding="utf-8")
+        click.echo(f"wrote {json_out}", err=True)
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     cli(prog_name="ptbot")
 

@@ -48,3 +48,222 @@ def redis_url() -> str:
 def database_url() -> str:
     """The test PostgreSQL (``PTBOT_DATABASE_URL``)."""
     return os.environ.get("PTBOT_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+# --------------------------------------------------------------------------- supervisor models
+
+# No test may download anything: a hub id that is not in the local cache must fail fast, not hang.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def ptbot_cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Where dequantized supervisors are cached: ``PTBOT_CACHE_DIR`` if set (fast reruns), else a
+    fresh session directory (the first SmolLM2 load then dequantizes, ~50 s)."""
+    from pathlib import Path
+
+    env = os.environ.get("PTBOT_CACHE_DIR")
+    return Path(env).expanduser() if env else tmp_path_factory.mktemp("ptbot-cache")
+
+
+@pytest.fixture(scope="session")
+def smollm2_supervisor(ptbot_cache_dir):
+    """The real embedded SmolLM2-135M supervisor (truncated at its default layer), loaded once."""
+    from analyzer.supervisor import Supervisor, SupervisorConfig
+
+    return Supervisor.load(SupervisorConfig(cache_dir=ptbot_cache_dir, device="cpu"))
+
+
+TINY_CODE = '''def add(a, b):
+    """Return the sum."""
+    return a + b
+
+
+class Stack:
+    def __init__(self):
+        self.items = []
+
+    def push(self, x):
+        self.items.append(x)
+        return len(self.items)
+'''
+
+
+@pytest.fixture(scope="session")
+def tiny_supervisor_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A random 4-layer Llama (hidden 32) with a small byte-level BPE fast tokenizer, saved as a
+    local model directory: exercises every supervisor code path in milliseconds."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-supervisor")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([TINY_CODE] * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    fast.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, tie_word_embeddings=True,
+                      pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    return out
+
+
+# ------------------------------------------------------------------------ tiny supervisor model
+
+_TINY_CORPUS = [
+    "def add(a, b):\n    return a + b\n",
+    "def is_even(n):\n    if n % 2 == 0:\n        return True\n    return False\n",
+    "function add(a, b) {\n  return a + b;\n}\n",
+    "public int max(int a, int b) {\n    if (a > b) {\n        return a;\n    }\n    return b;\n}\n",
+    "for i in range(10):\n    total += i * i\nprint(total)\n",
+    "func sum(xs []int) int {\n\ts := 0\n\tfor _, x := range xs {\n\t\ts += x\n\t}\n\treturn s\n}\n",
+    "```python\n```java\n```javascript\n```go\n",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A randomly initialised 4-layer Llama (hidden 64) + byte-level BPE tokenizer, saved locally.
+
+    ``Supervisor.load(SupervisorConfig(model=str(tiny_model_dir)))`` reads it like any local model
+    directory; building it takes about a second and needs no network.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny_supervisor")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    # trim_offsets=False: offsets must cover whitespace and newlines for line mapping.
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_TINY_CORPUS * 5, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      tie_word_embeddings=False, pad_token_id=fast.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    return out
+
+
+# ----- review pipeline: a deterministic scorer and pull requests on the fake GitHub ----------
+
+from collections.abc import Mapping, Sequence  # noqa: E402
+
+from analyzer.types import Feature, LineScore, ModelInfo, ScoreRequest  # noqa: E402
+
+AI_TRAILER = "Co-authored-by: Claude <noreply@anthropic.com>"
+
+
+class FakeScorer:
+    """Deterministic stand-in for ``analyzer.score.RiskScorer`` (our own interface, faked).
+
+    A line's probability is the value of the first key of ``risky`` found in its text, else
+    ``default``; the raw score equals the probability. Every scored line gets one feature.
+    """
+
+    def __init__(self, risky: Mapping[str, float] | None = None, default: float = 0.1,
+                 version: str = "test-1") -> None:
+        self.risky = dict(risky or {})
+        self.default = default
+        self.calls: list[list[ScoreRequest]] = []
+        self._info = ModelInfo(name="fake-model", supervisor="fake/supervisor", layer=3, version=version)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def probability(self, text: str) -> float:
+        return next((p for k, p in self.risky.items() if k in text), self.default)
+
+    def score_many(self, requests: Sequence[ScoreRequest], progress: bool = False) -> list[list[LineScore]]:
+        self.calls.append(list(requests))
+        out = []
+        for r in requests:
+            lines = r.text.split("\n")
+            wanted = sorted(r.lines) if r.lines is not None else range(1, len(lines) + 1)
+            scored = [LineScore(r.path, n, lines[n - 1], self.probability(lines[n - 1]),
+                                self.probability(lines[n - 1]), 0, (Feature(7, 0.5, "fake pattern"),))
+                      for n in wanted]
+            scored.sort(key=lambda s: (-s.score, s.line))
+            out.append([LineScore(s.path, s.line, s.text, s.score, s.probability, i, s.features)
+                        for i, s in enumerate(scored, 1)])
+        return out
+
+
+def added_patch(text: str) -> str:
+    """The GitHub ``patch`` of a new file with this text."""
+    lines = text.rstrip("\n").split("\n")
+    return f"@@ -0,0 +1,{len(lines)} @@\n" + "\n".join("+" + ln for ln in lines)
+
+
+def put_pull_request(fake, number: int, head_sha: str, commits: Sequence[tuple[str, str, Mapping[str, str]]],
+                     owner: str = "octo", name: str = "shop", **pull_kwargs):
+    """Create or replace PR ``number`` whose commits each ADD files: (sha, message, {path: text}).
+
+    File contents are served at ``head_sha``; the PR's files are the union of the commits' files.
+    """
+    from fake_github import FakeCommit, FakeFile, FakePull
+
+    if f"{owner}/{name}" not in fake.repos:
+        fake.add_repo(owner, name)
+    repo = fake.repos[f"{owner}/{name}"]
+    final: dict[str, str] = {}
+    fake_commits = []
+    for sha, message, files in commits:
+        final.update(files)
+        fake_commits.append(FakeCommit(sha, message, files=[
+            FakeFile(p, added_patch(t), status="added") for p, t in files.items()]))
+    for path, text in final.items():
+        repo.contents[(head_sha, path)] = text
+    pull = FakePull(number=number, head_sha=head_sha, commits=fake_commits,
+                    files=[FakeFile(p, added_patch(t), status="added") for p, t in final.items()],
+                    **pull_kwargs)
+    return fake.add_pull(owner, name, pull)
+
+
+TINY_SAE = {"n_latents": 64, "k": 8, "epochs": 2, "batch_size": 128, "pair_batch_size": 32}
+"""SAE settings small enough for the tiny supervisor (hidden 32) to train in well under a second."""
+TINY_RANKER = {"hidden": 16, "epochs": 4, "patience": 2, "batch_snippets": 4}
+
+
+def tiny_records(n: int = 24):
+    """The first ``n`` HumanEvalPack Python records of the shared data (buggy + fixed pairs)."""
+    from pathlib import Path
+
+    from analyzer.records import load_records
+
+    data = Path(os.environ.get("PTBOT_SHARED_DATA", "/work/shared/data")) / "humanevalpack-python.jsonl"
+    if not data.exists():
+        pytest.skip(f"shared data not found at {data} (set PTBOT_SHARED_DATA)")
+    return load_records([data])[:n]
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact_dir(tiny_supervisor_dir, tmp_path_factory: pytest.TempPathFactory):
+    """A complete model directory (pretrain + bind) built on the tiny supervisor; treat as read-only
+    (copy it with shutil.copytree before changing anything)."""
+    from analyzer.supervisor import Supervisor, SupervisorConfig
+    from analyzer.train import bind, pretrain
+
+    root = tmp_path_factory.mktemp("tiny-artifact")
+    sup = Supervisor.load(SupervisorConfig(model=str(tiny_supervisor_dir), device="cpu",
+                                           cache_dir=root / "cache"))
+    out = root / "model"
+    recs = tiny_records()
+    pretrain(sup, recs, out, sae_cfg=TINY_SAE, mutations=1, progress=False)
+    bind(sup, out, recs, ranker_cfg=TINY_RANKER, dev_fraction=0.3, progress=False)
+    return out

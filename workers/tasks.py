@@ -1,0 +1,272 @@
+"""Celery tasks: the review pipeline's stages on their queues, and the web process's ``enqueue``.
+
+``ptbot.review`` (cpu queue) reads the PR and plans; ``ptbot.score`` (gpu queue) runs the model;
+``ptbot.publish`` (cpu queue) posts. Each stage hands plain JSON to the next with ``send_task``,
+so a worker killed in the middle of a stage only repeats that stage (acks_late), and
+``bot.pr_review`` makes the repeat harmless. ``InProcessQueue`` runs the same pipeline in a
+thread for ``ptbot serve --eager`` (no Redis, no Celery worker). The web process sends tasks
+by name (``workers.celery_app.celery_enqueue``) and never imports this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from analyzer.artifact import ArtifactError, default_model_dir, read_manifest
+from bot.config import Settings
+from bot.github import GitHubApp
+from bot.pr_review import (
+    MemoryLedger,
+    Outcome,
+    Prepared,
+    RedisLedger,
+    ReviewLedger,
+    Scored,
+    prepare,
+    publish,
+    run_review,
+    score,
+)
+from bot.render import Renderer
+from bot.review import Scorer
+from workers.celery_app import PUBLISH_TASK, REVIEW_TASK, SCORE_TASK
+
+log = logging.getLogger(__name__)
+
+
+
+class PoisonJob(RuntimeError):
+    """A task delivered more often than the cap allows: it is failed instead of redelivered."""
+
+
+def load_scorer(settings: Settings) -> Scorer:
+    """The RiskScorer of ``settings.model`` (default: the packaged model); imports torch."""
+    from analyzer.score import RiskScorer
+    from analyzer.supervisor import SupervisorConfig
+
+    cfg = SupervisorConfig(device=settings.device, cache_dir=settings.cache_path)
+    return RiskScorer.load(settings.model or None, supervisor=cfg)
+
+
+def expected_model_version(settings: Settings) -> str | None:
+    """``name@version`` of the configured model, read from its manifest without loading it.
+
+    Lets CPU workers (which never load the model) recognise a job key that is already done.
+    None when the manifest cannot be read; then only ``publish`` checks the key.
+    """
+    model_dir = settings.model or default_model_dir()
+    try:
+        manifest = read_manifest(model_dir)
+    except (ArtifactError, OSError, ValueError):
+        return None
+    # The same fields, with the same fallbacks, as ``RiskScorer.info``.
+    name = manifest.get("name", os.path.basename(os.path.normpath(str(model_dir))))
+    version = manifest.get("version", manifest.get("updated", ""))
+    return f"{name}@{version}" if version else name
+
+
+class WorkerRuntime:
+    """What the tasks of one process use: GitHub App client, scorer, ledger, templates.
+
+    Built by the composition root before the worker forks; every resource is created lazily in
+    the process that uses it (sockets and locks must not cross a fork) and ``reset`` drops them
+    in a new child (``worker_process_init``). The scorer is loaded once per process.
+    """
+
+    def __init__(self, settings: Settings, *,
+                 scorer_factory: Callable[[], Scorer] | None = None,
+                 github_factory: Callable[[], GitHubApp] | None = None,
+                 ledger_factory: Callable[[], ReviewLedger] | None = None,
+                 model_version: str | None = None) -> None:
+        self.settings = settings
+        self._scorer_factory = scorer_factory or (lambda: load_scorer(settings))
+        self._github_factory = github_factory or (lambda: GitHubApp.from_settings(settings))
+        self._ledger_factory = ledger_factory or (lambda: RedisLedger.from_url(settings.redis_url))
+        self._model_version = model_version
+        self._cache: dict[str, Any] = {}
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        """Forget every per-process resource (called in a freshly forked child)."""
+        with self._lock:
+            self._cache.clear()
+            self._pid = os.getpid()
+
+    def _get(self, name: str, factory: Callable[[], Any]) -> Any:
+        with self._lock:
+            if self._pid != os.getpid():  # forked without worker_process_init (e.g. a test pool)
+                self._cache.clear()
+                self._pid = os.getpid()
+            if name not in self._cache:
+                self._cache[name] = factory()
+            return self._cache[name]
+
+    def scorer(self) -> Scorer:
+        return self._get("scorer", self._scorer_factory)
+
+    def github(self) -> GitHubApp:
+        return self._get("github", self._github_factory)
+
+    def ledger(self) -> ReviewLedger:
+        return self._get("ledger", self._ledger_factory)
+
+    def renderer(self) -> Renderer:
+        return self._get("renderer", Renderer)
+
+    def model_version(self) -> str | None:
+        if self._model_version is None:
+            self._model_version = expected_model_version(self.settings) or ""
+        return self._model_version or None
+
+    def pull_request(self, job: dict[str, Any]) -> Any:
+        return self.github().pull_request(int(job["installation_id"]), job["owner"], job["repo"],
+                                          int(job["number"]))
+
+
+def review_jobs(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-PR review jobs a webhook job stands for (a re-score may name several PRs)."""
+    kind = job.get("kind")
+    if kind == "review":
+        return [job]
+    if kind == "rescore":
+        if job.get("number"):
+            return [job]
+        if not job.get("numbers"):
+            # Fork PRs: GitHub sends an empty pull_requests list (github-bot.md §3.6).
+            log.warning("check_run %s on %s has no pull request to re-score (fork PR?)",
+                        job.get("check_run_id"), job.get("head_sha"))
+        return [dict(job, number=n, force=True) for n in job.get("numbers") or []]
+    log.info("job kind %r needs no review work (delivery %s)", kind, job.get("delivery"))
+    return []
+
+
+def count_delivery(ledger: ReviewLedger, task_id: str, name: str, cap: int) -> int:
+    """Count a delivery of ``task_id``; raise PoisonJob past ``cap`` (acks_late + worker lost
+    would otherwise redeliver a job that kills its worker forever)."""
+    n = ledger.count_delivery(task_id)
+    if n > cap:
+        raise PoisonJob(f"{name} {task_id} was delivered {n} times (cap {cap}); failing it. "
+                        "Look for the job in the worker logs: it crashed or timed out every time.")
+    if n > 1:
+        log.warning("%s %s: delivery %d of at most %d", name, task_id, n, cap)
+    return n
+
+
+def give_up(runtime: WorkerRuntime, prepared: dict[str, Any], why: str) -> None:
+    """Complete the job's check run with the failure, so it does not spin "in progress" forever.
+
+    Best effort: the task is failing anyway, and GitHub may be the reason.
+    """
+    run_id = prepared.get("check_run_id")
+    if not run_id:
+        return
+    try:
+        runtime.pull_request(prepared["job"]).update_check_run(
+            int(run_id), status="completed", conclusion="neutral", title="ptbot: review failed",
+            summary=f"ptbot could not review this head: {why}\n\nRe-run the check to try again.")
+    except Exception:
+        log.exception("could not report the failure on check run %s", run_id)
+
+
+def register_tasks(app: Any, runtime: WorkerRuntime, *, cpu_queue: str, gpu_queue: str,
+                   max_deliveries: int, lock_seconds: int) -> dict[str, Any]:
+    """Define the three tasks on ``app`` (a Celery app built by ``workers.celery_app``)."""
+
+    @app.task(bind=True, shared=False, name=REVIEW_TASK)
+    def review_task(self: Any, job: dict[str, Any]) -> dict[str, Any]:
+        count_delivery(runtime.ledger(), self.request.id, REVIEW_TASK, max_deliveries)
+        jobs = review_jobs(job)
+        if jobs != [job]:  # a re-score of several PRs (one task each), or nothing to review
+            ids = [self.app.send_task(REVIEW_TASK, args=[j], queue=cpu_queue).id for j in jobs]
+            return {"status": "fanned_out" if ids else "ignored", "tasks": ids}
+        result = prepare(job, runtime.pull_request(job), runtime.settings.repo_defaults,
+                         runtime.ledger(), runtime.renderer(), model_version=runtime.model_version())
+        if isinstance(result, Outcome):
+            log.info("review of %s/%s#%s: %s (%s)", job.get("owner"), job.get("repo"),
+                     job.get("number"), result.status, result.detail)
+            return result.to_dict()
+        sent = self.app.send_task(SCORE_TASK, args=[result.to_dict()], queue=gpu_queue)
+        return {"status": "scoring", "task": sent.id}
+
+    @app.task(bind=True, shared=False, name=SCORE_TASK)
+    def score_task(self: Any, prepared: dict[str, Any]) -> dict[str, Any]:
+        try:
+            count_delivery(runtime.ledger(), self.request.id, SCORE_TASK, max_deliveries)
+        except PoisonJob as e:
+            give_up(runtime, prepared, str(e))
+            raise
+        scored = score(Prepared.from_dict(prepared), runtime.scorer())
+        sent = self.app.send_task(PUBLISH_TASK, args=[scored.to_dict()], queue=cpu_queue)
+        return {"status": "publishing", "task": sent.id, "scored": scored.scored}
+
+    @app.task(bind=True, shared=False, name=PUBLISH_TASK)
+    def publish_task(self: Any, scored: dict[str, Any]) -> dict[str, Any]:
+        try:
+            count_delivery(runtime.ledger(), self.request.id, PUBLISH_TASK, max_deliveries)
+        except PoisonJob as e:
+            give_up(runtime, scored["prepared"], str(e))
+            raise
+        s = Scored.from_dict(scored)
+        # The owner is the task id: a redelivery of this very task may take over its own lock.
+        outcome = publish(s, runtime.pull_request(s.prepared.job), runtime.renderer(), runtime.ledger(),
+                          owner=self.request.id, lock_seconds=lock_seconds)
+        return outcome.to_dict()
+
+    return {REVIEW_TASK: review_task, SCORE_TASK: score_task, PUBLISH_TASK: publish_task}
+
+
+class InProcessQueue:
+    """``enqueue`` for ``ptbot serve --eager``: jobs run one at a time in a background thread.
+
+    Nothing is durable: a job in flight when the process stops is lost (GitHub can redeliver).
+    """
+
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        self.runtime = runtime
+        self.outcomes: list[Outcome] = []
+        self._jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="ptbot-eager", daemon=True)
+        self._thread.start()
+
+    def __call__(self, job: dict[str, Any]) -> str:
+        job_id = f"eager-{uuid.uuid4().hex[:12]}"
+        self._jobs.put(dict(job, _id=job_id))
+        return job_id
+
+    def join(self) -> None:
+        """Wait until every job enqueued so far has run."""
+        self._jobs.join()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                for j in review_jobs(job):
+                    outcome = run_review(j, self.runtime.pull_request(j), self.runtime.scorer(),
+                                         self.runtime.renderer(), self.runtime.ledger(),
+                                         self.runtime.settings.repo_defaults, owner=job["_id"])
+                    self.outcomes.append(outcome)
+                    log.info("eager job %s: %s (%s)", job["_id"], outcome.status, outcome.detail)
+            except Exception:
+                log.exception("eager job %s failed", job and job.get("_id"))
+            finally:
+                self._jobs.task_done()
+
+
+def eager_runtime(settings: Settings, **kwargs: Any) -> WorkerRuntime:
+    """A runtime whose ledger lives in memory (the one-machine trial needs no Redis)."""
+    ledger = MemoryLedger()
+    return WorkerRuntime(settings, ledger_factory=lambda: ledger, **kwargs)
