@@ -503,9 +503,11 @@ def _model_dir_or_default(settings: Settings, model: str | None) -> Path | None:
               type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share of training problems held out for early stopping and calibration.")
 @click.option("--ranker-epochs", type=click.IntRange(min=1), help="Maximum ranker epochs (pttrust, probe).")
+@click.option("--snippet-auroc/--no-snippet-auroc", default=True, show_default=True,
+              help="Also read each test record's fixed version, as a clean snippet for snippet-level AUROC.")
 @click.pass_context
 def eval_cmd(ctx, tests, train_files, methods, model, json_out, plots_dir, seeds, boot, dev_fraction,
-             ranker_epochs):
+             ranker_epochs, snippet_auroc):
     """Compare PtTrust with the baselines on each TEST file (JSONL, shared schema).
 
     \b
@@ -524,7 +526,8 @@ def eval_cmd(ctx, tests, train_files, methods, model, json_out, plots_dir, seeds
     settings = _settings(ctx)
     try:
         cfg = EvalConfig(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), seeds=seeds,
-                         n_boot=boot, dev_fraction=dev_fraction, ranker_epochs=ranker_epochs, progress=True)
+                         n_boot=boot, dev_fraction=dev_fraction, ranker_epochs=ranker_epochs,
+                         fixed_negatives=snippet_auroc, progress=True)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--methods") from e
     train_paths = [p.strip() for f in train_files for p in f.split(",") if p.strip()]
@@ -598,6 +601,33 @@ def features_cmd(ctx, data, model, top, examples, json_out, labels):
     if json_out:
         Path(json_out).write_text(json.dumps({"latents": rows}, indent=2) + "\n", encoding="utf-8")
         click.echo(f"wrote {json_out}", err=True)
+
+
+@cli.command("action")
+@click.pass_context
+def action_cmd(ctx):
+    """Review this workflow run's pull request (a GitHub Actions step; see action.yml).
+
+    Reads GITHUB_EVENT_PATH, GITHUB_REPOSITORY, GITHUB_TOKEN and GITHUB_API_URL plus the action's
+    INPUT_* variables; posts one review (annotations when the token is read-only), writes SARIF,
+    the step summary and the step outputs. Exit code 1 only when fail-on is reached.
+    """
+    from github import GithubException
+
+    from bot.action import ActionSettings, run_action
+
+    settings = _settings(ctx)
+    try:
+        action = ActionSettings.from_env(os.environ)
+        # Annotations and workflow commands go to stdout, where the runner reads them.
+        result = run_action(action, lambda: _load_scorer(settings, action.model or None, quiet=False),
+                            defaults=settings.repo_defaults, stdout=sys.stdout)
+    except ValueError as e:
+        raise _fail(str(e)) from e
+    except GithubException as e:
+        raise _fail(f"GitHub answered {e.status}: {e.data}") from e
+    click.echo(f"ptbot: {result.status}: {result.detail}", err=True)
+    ctx.exit(result.exit_code)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -197,6 +197,37 @@ class GitHubApp:
         return GitHubPullRequest(self, installation_id, owner, repo, number)
 
 
+class GitHubToken(GitHubApp):
+    """A plain token (a workflow's ``GITHUB_TOKEN`` or a PAT) standing in for the App.
+
+    Same bounded retries and write gate as the App; every "installation" shares the one client.
+    ``GitHubApp.__init__`` is not called: there is no App identity (JWT, integration) to set up.
+    """
+
+    def __init__(self, token: str, api_url: str = "https://api.github.com", *,
+                 seconds_between_writes: float = 1.0, retry: RetryPolicy | None = None,
+                 sleep: Callable[[float], None] = time.sleep, timeout: int = 15) -> None:
+        if not token:
+            raise ValueError("a GitHub token is needed: pass github-token to the action "
+                             "(default ${{ github.token }}) or set GITHUB_TOKEN")
+        self.api_url = api_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.seconds_between_writes = seconds_between_writes
+        self.sleep = sleep
+        self._client = Github(auth=Auth.Token(token), base_url=self.api_url, timeout=timeout, retry=None,
+                              seconds_between_requests=None, seconds_between_writes=None)
+        self._clients: dict[int, Github] = {}
+        self._gates: dict[int, WriteGate] = {}
+        self._lock = threading.Lock()
+
+    def client(self, installation_id: int) -> Github:
+        with self._lock:
+            if installation_id not in self._clients:
+                self._clients[installation_id] = self._client
+                self._gates[installation_id] = WriteGate(self.seconds_between_writes)
+            return self._client
+
+
 @dataclass(frozen=True)
 class ReviewComment:
     """One inline comment: RIGHT side (new file) line, optional multi-line start, Markdown body."""
