@@ -453,10 +453,15 @@ def serve(ctx, host, port, eager):
               help="Queues to consume: cpu (GitHub I/O), gpu (scoring; loads the model), or both.")
 @click.option("--concurrency", default=1, show_default=True, type=click.IntRange(min=1),
               help="Worker processes (each gpu process holds its own copy of the model).")
+@click.option("--beat", is_flag=True, help="Also run the scheduler that harvests reviewers' reactions.")
 @click.pass_context
-def worker(ctx, queues, concurrency):
-    """Run a Celery worker for the GitHub App's reviews (Redis at PTBOT_REDIS_URL)."""
-    from workers.celery_app import WorkerConfig, make_celery, worker_argv
+def worker(ctx, queues, concurrency, beat):
+    """Run a Celery worker for the GitHub App's reviews (Redis at PTBOT_REDIS_URL).
+
+    Reviewer feedback (reactions, resolutions, follow-up edits) is recorded in the label store at
+    PTBOT_DATABASE_URL; run exactly one worker with --beat (or a separate `celery beat`).
+    """
+    from workers.celery_app import WorkerConfig, enable_feedback, make_celery, worker_argv
 
     settings = _settings(ctx)
     names = {q.strip() for q in queues.split(",") if q.strip()}
@@ -468,7 +473,9 @@ def worker(ctx, queues, concurrency):
                            "DEBUG" if ctx.find_root().params.get("verbose", 0) >= 2 else "INFO")
     except ValueError as e:
         raise _fail(str(e)) from e
-    make_celery(settings, WorkerConfig(preload_scorer="gpu" in names)).worker_main(argv)
+    app = make_celery(settings, WorkerConfig(preload_scorer="gpu" in names))
+    enable_feedback(app, settings.database_url)
+    app.worker_main(argv + (["--beat"] if beat else []))
 
 
 # ----------------------------------------------------------------------------- eval, features
@@ -628,6 +635,82 @@ def action_cmd(ctx):
         raise _fail(f"GitHub answered {e.status}: {e.data}") from e
     click.echo(f"ptbot: {result.status}: {result.detail}", err=True)
     ctx.exit(result.exit_code)
+
+
+# ---------------------------------------------------------------------------------- feedback
+
+
+@cli.group("feedback")
+def feedback_group() -> None:
+    """Reviewer feedback on the App's comments: poll it, measure it, export it as labels.
+
+    The label store is PTBOT_DATABASE_URL (default: SQLite in PTBOT_CACHE_DIR).
+    """
+
+
+def _label_store(ctx: click.Context):
+    from bot.store import LabelStore
+
+    try:
+        return LabelStore(_settings(ctx).database_url)
+    except Exception as e:  # a wrong URL or an unreachable server: say which
+        raise _fail(f"cannot open the label store {_settings(ctx).database_url}: {e}") from e
+
+
+@feedback_group.command("sync")
+@click.option("--all", "everything", is_flag=True, help="Poll every tracked PR now, not only those due.")
+@click.pass_context
+def feedback_sync(ctx, everything):
+    """Poll reactions on ptbot's comments now (beat does this on a decaying schedule)."""
+    from bot.feedback import FeedbackSettings, GitHubFeedbackAPI, harvest_due
+    from bot.github import GitHubApp
+
+    store = _label_store(ctx)
+    try:
+        app = GitHubApp.from_settings(_settings(ctx))
+    except ValueError as e:
+        raise _fail(str(e)) from e
+    results = harvest_due(store, lambda row: GitHubFeedbackAPI(
+        app.pull_request(row.installation_id, *row.repo.split("/", 1), row.number), store),
+        FeedbackSettings(), force=everything)
+    for r in results:
+        click.echo(f"{r.repo}#{r.number}: {r.linked} comment(s), {r.votes} vote(s) written, "
+                   f"{r.retracted} retracted, {r.unchanged} unchanged")
+    click.echo(f"polled {len(results)} pull request(s)")
+
+
+@feedback_group.command("stats")
+@click.option("--repo", help="Only this repository (owner/name).")
+@click.option("--k", default=5, show_default=True, type=click.IntRange(min=1), help="Precision at k.")
+@click.option("--plot", default="feedback-stats.png", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the PNG plot.")
+@click.pass_context
+def feedback_stats_cmd(ctx, repo, k, plot):
+    """Label counts and precision@k per repository and model version, plus a PNG plot."""
+    from bot.feedback import feedback_stats, plot_stats
+
+    stats = feedback_stats(_label_store(ctx), repo, k)
+    for name, n in sorted(stats.events.items()):
+        click.echo(f"{name:28s} {n:6d}")
+    for (r, version), m in stats.per_model.items():
+        p = "n/a" if m["precision_at_k"] != m["precision_at_k"] else f"{m['precision_at_k']:.3f}"
+        click.echo(f"{r} {version}: scored {m['scored']:.0f}, labelled {m['labelled']:.0f}, "
+                   f"positive {m['positive']:.0f}, precision@{k} {p}")
+    click.echo(f"plot: {plot_stats(stats, plot)}")
+
+
+@feedback_group.command("export")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL file to write.")
+@click.option("--repo", help="Only this repository (owner/name).")
+@click.pass_context
+def feedback_export(ctx, out, repo):
+    """Write feedback labels as records in the shared dataset schema (for bind and eval)."""
+    from bot.feedback import write_export
+
+    summary = write_export(_label_store(ctx), out, repo)
+    skipped = ", ".join(f"{k}: {v}" for k, v in sorted(summary.skipped.items())) or "none"
+    click.echo(f"wrote {summary.records} record(s) to {out} ({summary.positive_lines} positive and "
+               f"{summary.negative_lines} negative line(s); skipped snapshots: {skipped})")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

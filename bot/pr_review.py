@@ -77,6 +77,19 @@ class PullRequestAPI(Protocol):
     def update_check_run(self, run_id: int, **kwargs: Any) -> None: ...
 
 
+class FeedbackSink(Protocol):
+    """Where scored lines and reviewer feedback live (``bot.feedback.StoreFeedback``); optional."""
+
+    def suppressed(self, repo: str, number: int) -> set[str]:
+        """Fingerprints of the PR that reviewers refused (never posted again)."""
+        ...
+
+    def record(self, key: JobKey, scored: Scored, fingerprints: Mapping[tuple[str, int], str],
+               posted: Sequence[tuple[str, int]]) -> None:
+        """Store every scored line of ``key``; ``posted`` are the lines commented on inline."""
+        ...
+
+
 # ----- job keys and the ledger ----------------------------------------------------------------
 
 
@@ -459,8 +472,12 @@ def select_lines(report: Report, policy: Policy, already_posted: set[str],
 
 
 def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: ReviewLedger, *,
-            owner: str, lock_seconds: int = DEFAULT_LOCK_SECONDS) -> Outcome:
+            owner: str, lock_seconds: int = DEFAULT_LOCK_SECONDS,
+            feedback: FeedbackSink | None = None) -> Outcome:
     """Post the review and complete the check run, at most once per job key.
+
+    ``feedback`` (optional) records the scored lines and withholds refused fingerprints; a
+    failing label store is logged and never blocks a review.
 
     ``owner`` identifies this piece of work (the Celery task id): a redelivery of the same task
     may take over a lock left by a worker that died.
@@ -486,6 +503,11 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
         texts = {r.path: r.text for r in prepared.requests}
         fps = line_fingerprints(report.lines, texts)
         posted = api.posted_fingerprints()
+        if feedback is not None:
+            try:
+                posted = posted | feedback.suppressed(key.repo, key.number)
+            except Exception:
+                log.exception("%s: could not read suppressed fingerprints from the label store", key)
         review_fp = key.review_fingerprint()
         coverage = Coverage(scored=scored.scored, candidates=max(prepared.candidates, scored.scored),
                             skipped=report.skipped,
@@ -493,6 +515,7 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
                             out_of_scope=prepared.out_of_scope)
         review_id = None
         inline = moved = 0
+        posted_lines: list[tuple[str, int]] = []
         if review_fp in posted and not job.get("force"):
             log.info("%s: its review is already on GitHub (a previous attempt posted it)", key)
             status: Status = "check_only"
@@ -507,6 +530,7 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
                         renderer.review_body(report, coverage, version, head_sha=key.head_sha))
                 result = api.post_review(body, comments, commit_sha=key.head_sha)
                 review_id, inline, moved = result.review_id, len(result.inline), len(result.moved_to_body)
+                posted_lines = [(c.path, c.line) for c in result.inline]
                 status = "posted"
             else:
                 # Nothing new to say: the check run alone carries the summary (no review spam).
@@ -519,6 +543,11 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
         else:
             api.update_check_run(run_id, status="completed", conclusion="neutral",
                                  title=check.title, summary=check.summary)
+        if feedback is not None:
+            try:
+                feedback.record(key, scored, fps, posted_lines)
+            except Exception:
+                log.exception("%s: could not record the scored lines in the label store", key)
         ledger.mark_done(str(key))
         log.info("%s: %s (review %s, %d inline, %d in the body)", key, status, review_id, inline, moved)
         return Outcome(status, coverage.sentence(), review_id, run_id, inline, moved)
@@ -527,10 +556,12 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
 
 
 def run_review(job: Mapping[str, Any], api: PullRequestAPI, scorer: Scorer, renderer: Renderer,
-               ledger: ReviewLedger, defaults: RepoConfig, *, owner: str | None = None) -> Outcome:
+               ledger: ReviewLedger, defaults: RepoConfig, *, owner: str | None = None,
+               feedback: FeedbackSink | None = None) -> Outcome:
     """All three stages in this process (``ptbot serve --eager`` and tests)."""
     prepared = prepare(job, api, defaults, ledger, renderer, model_version=model_label(scorer.info))
     if isinstance(prepared, Outcome):
         return prepared
     return publish(score(prepared, scorer), api, renderer, ledger,
-                   owner=owner or f"inline:{threading.get_ident()}:{time.monotonic_ns()}")
+                   owner=owner or f"inline:{threading.get_ident()}:{time.monotonic_ns()}",
+                   feedback=feedback)

@@ -139,6 +139,11 @@ def job_for_event(event: str, payload: dict[str, Any], settings: Settings) -> tu
                  for key in ("repositories", "repositories_added", "repositories_removed")}
         return {**base, "kind": "installation",
                 "account": (inst.get("account") or {}).get("login"), **repos}, "ok"
+    if event in ("pull_request_review_thread", "pull_request_review_comment"):
+        from bot.feedback import feedback_job  # SQLAlchemy, but neither torch nor PyGithub
+
+        job = feedback_job(event, payload)
+        return (job, "ok") if job else (None, f"{event}.{action} carries no feedback")
     return None, f"event {event!r} is not handled"
 
 

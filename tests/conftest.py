@@ -267,3 +267,44 @@ def tiny_artifact_dir(tiny_supervisor_dir, tmp_path_factory: pytest.TempPathFact
     pretrain(sup, recs, out, sae_cfg=TINY_SAE, mutations=1, progress=False)
     bind(sup, out, recs, ranker_cfg=TINY_RANKER, dev_fraction=0.3, progress=False)
     return out
+
+
+# ----- label store (issue 6): every store test runs on SQLite and on PostgreSQL ----------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path, database_url: str) -> Iterator[str]:
+    """A label-store URL: an SQLite file in ``tmp_path``, or a fresh schema of the test
+    PostgreSQL (``PTBOT_DATABASE_URL``) that is dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'labels.db'}"
+        return
+    import uuid
+
+    import sqlalchemy as sa
+
+    schema = f"ptbot_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(database_url)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except sa.exc.OperationalError as e:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL at {database_url} is not reachable: {e}")
+    sep = "&" if "?" in database_url else "?"
+    try:
+        yield f"{database_url}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def label_store(store_url: str):
+    """A migrated ``bot.store.LabelStore`` on ``store_url``."""
+    from bot.store import LabelStore
+
+    store = LabelStore(store_url)
+    yield store
+    store.close()

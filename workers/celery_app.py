@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 REVIEW_TASK = "ptbot.review"
 SCORE_TASK = "ptbot.score"
 PUBLISH_TASK = "ptbot.publish"
+FEEDBACK_TASK = "ptbot.feedback"
+HARVEST_TASK = "ptbot.harvest_feedback"
+HARVEST_EVERY_SECONDS = 300.0
+"""How often beat looks for PRs due a poll (each PR has its own decaying schedule)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,26 @@ def make_celery(settings: Settings, config: WorkerConfig | None = None,
     app.ptbot_runtime = runtime  # type: ignore[attr-defined]
     app.ptbot_config = config  # type: ignore[attr-defined]
     return app
+
+
+def enable_feedback(app: Celery, database_url: str, feedback_settings: Any = None,
+                    every: float = HARVEST_EVERY_SECONDS) -> None:
+    """Turn on reviewer feedback (issue 6) on a worker app from ``make_celery``: publish records
+    scored lines in the label store at ``database_url``, pushes / closes / review threads and
+    replies become labels, and beat runs the reactions harvest every ``every`` seconds
+    (``celery beat`` must run: ``ptbot worker --beat`` or a separate beat process)."""
+    from workers.tasks import register_feedback_tasks
+
+    if every <= 0:
+        raise ValueError(f"the harvest interval must be > 0 seconds, got {every}")
+    runtime = app.ptbot_runtime  # type: ignore[attr-defined]
+    runtime.feedback_url = database_url
+    runtime.feedback_settings = feedback_settings
+    register_feedback_tasks(app, runtime)
+    queue = app.ptbot_config.cpu_queue  # type: ignore[attr-defined]
+    app.conf.task_routes = {FEEDBACK_TASK: {"queue": queue}, HARVEST_TASK: {"queue": queue}}
+    app.conf.beat_schedule = {"ptbot-harvest-feedback": {"task": HARVEST_TASK, "schedule": every,
+                                                         "options": {"queue": queue}}}
 
 
 def celery_enqueue(app: Celery, cpu_queue: str = "cpu") -> Callable[[dict[str, Any]], str]:

@@ -35,7 +35,7 @@ from bot.pr_review import (
 )
 from bot.render import Renderer
 from bot.review import Scorer
-from workers.celery_app import PUBLISH_TASK, REVIEW_TASK, SCORE_TASK
+from workers.celery_app import FEEDBACK_TASK, HARVEST_TASK, PUBLISH_TASK, REVIEW_TASK, SCORE_TASK
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,8 @@ def register_tasks(app: Any, runtime: WorkerRuntime, *, cpu_queue: str, gpu_queu
     @app.task(bind=True, shared=False, name=REVIEW_TASK)
     def review_task(self: Any, job: dict[str, Any]) -> dict[str, Any]:
         count_delivery(runtime.ledger(), self.request.id, REVIEW_TASK, max_deliveries)
+        if feedback_wanted(runtime, job):  # label work (issue 6) runs beside the review
+            self.app.send_task(FEEDBACK_TASK, args=[job], queue=cpu_queue)
         jobs = review_jobs(job)
         if jobs != [job]:  # a re-score of several PRs (one task each), or nothing to review
             ids = [self.app.send_task(REVIEW_TASK, args=[j], queue=cpu_queue).id for j in jobs]
@@ -216,10 +218,81 @@ def register_tasks(app: Any, runtime: WorkerRuntime, *, cpu_queue: str, gpu_queu
         s = Scored.from_dict(scored)
         # The owner is the task id: a redelivery of this very task may take over its own lock.
         outcome = publish(s, runtime.pull_request(s.prepared.job), runtime.renderer(), runtime.ledger(),
-                          owner=self.request.id, lock_seconds=lock_seconds)
+                          owner=self.request.id, lock_seconds=lock_seconds,
+                          feedback=feedback_sink(runtime))
         return outcome.to_dict()
 
     return {REVIEW_TASK: review_task, SCORE_TASK: score_task, PUBLISH_TASK: publish_task}
+
+
+# ----- reviewer feedback (issue 6): opt in with workers.celery_app.enable_feedback ----------------
+
+
+def feedback_store(runtime: WorkerRuntime) -> Any:
+    """The runtime's ``bot.store.LabelStore`` (one per process), or None when feedback is off."""
+    url = getattr(runtime, "feedback_url", None)
+    if not url:
+        return None
+    from bot.store import LabelStore
+
+    return runtime._get("label_store", lambda: LabelStore(url))
+
+
+def feedback_sink(runtime: WorkerRuntime) -> Any:
+    """The ``FeedbackSink`` for ``publish``, or None when feedback is off."""
+    store = feedback_store(runtime)
+    if store is None:
+        return None
+    from bot.feedback import StoreFeedback
+
+    return StoreFeedback(store, getattr(runtime, "feedback_settings", None))
+
+
+def feedback_wanted(runtime: WorkerRuntime, job: dict[str, Any]) -> bool:
+    """Does this webhook job carry label work: a feedback event, a push or a close?"""
+    if not getattr(runtime, "feedback_url", None):
+        return False
+    return job.get("kind") in ("feedback", "closed") or job.get("action") == "synchronize"
+
+
+def run_feedback_job(runtime: WorkerRuntime, job: dict[str, Any]) -> dict[str, Any]:
+    """Store the labels one webhook job implies (threads, replies, pushes, merges)."""
+    from bot.feedback import GitHubFeedbackAPI, handle_feedback_job, handle_pull_request_job, pr_text_reader
+
+    store = feedback_store(runtime)
+    if job.get("kind") == "feedback":
+        owner, _, name = str(job.get("repo_full_name") or "/").partition("/")
+        pr = runtime.github().pull_request(int(job["installation_id"]), owner, name, int(job["number"]))
+        return {"status": handle_feedback_job(store, job, GitHubFeedbackAPI(pr, store))}
+    counts = handle_pull_request_job(store, job, pr_text_reader(runtime.pull_request(job)),
+                                     getattr(runtime, "feedback_settings", None))
+    return {"status": "labelled", **counts}
+
+
+def harvest_feedback(runtime: WorkerRuntime, force: bool = False) -> dict[str, Any]:
+    """One beat: poll the reactions of every PR that is due."""
+    from bot.feedback import FeedbackSettings, GitHubFeedbackAPI, harvest_due
+
+    store = feedback_store(runtime)
+    settings = getattr(runtime, "feedback_settings", None) or FeedbackSettings()
+    results = harvest_due(store, lambda row: GitHubFeedbackAPI(
+        runtime.github().pull_request(row.installation_id, *row.repo.split("/", 1), row.number), store),
+        settings, force=force)
+    return {"status": "harvested", "pull_requests": len(results), "votes": sum(r.votes for r in results)}
+
+
+def register_feedback_tasks(app: Any, runtime: WorkerRuntime) -> dict[str, Any]:
+    """Define the feedback task (webhook label work) and the harvest task (Celery beat)."""
+
+    @app.task(shared=False, name=FEEDBACK_TASK)
+    def feedback_task(job: dict[str, Any]) -> dict[str, Any]:
+        return run_feedback_job(runtime, job)
+
+    @app.task(shared=False, name=HARVEST_TASK)
+    def harvest_task(force: bool = False) -> dict[str, Any]:
+        return harvest_feedback(runtime, force)
+
+    return {FEEDBACK_TASK: feedback_task, HARVEST_TASK: harvest_task}
 
 
 class InProcessQueue:
