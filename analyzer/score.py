@@ -61,9 +61,15 @@ class RiskScorer:
         from analyzer.train import supervisor_ref
 
         artifact.check_supervisor(manifest, supervisor_ref(sup), model_dir)
-        sae = load_sae(model_dir, manifest["sae"]).to(torch.float32)
-        ranker = load_ranker(model_dir, manifest["ranker"]).eval()
-        calibrator = Calibrator.from_dict(manifest["calibration"])
+        try:
+            sae = load_sae(model_dir, manifest["sae"]).to(torch.float32)
+            ranker = load_ranker(model_dir, manifest["ranker"]).eval()
+            calibrator = Calibrator.from_dict(manifest["calibration"])
+        except artifact.ArtifactError:
+            raise
+        except (ValueError, TypeError) as e:
+            # missing or inconsistent weight files: an artifact problem the CLI reports in one line
+            raise artifact.ArtifactError(f"cannot load model {model_dir}: {e}") from e
         return cls(sup, manifest, sae, ranker, calibrator, model_dir)
 
     @property

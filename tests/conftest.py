@@ -89,32 +89,6 @@ class Stack:
 '''
 
 
-@pytest.fixture(scope="session")
-def tiny_supervisor_dir(tmp_path_factory: pytest.TempPathFactory):
-    """A random 4-layer Llama (hidden 32) with a small byte-level BPE fast tokenizer, saved as a
-    local model directory: exercises every supervisor code path in milliseconds."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    out = tmp_path_factory.mktemp("tiny-supervisor")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([TINY_CODE] * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
-    fast.save_pretrained(out)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, tie_word_embeddings=True,
-                      pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    return out
-
-
 # ------------------------------------------------------------------------ tiny supervisor model
 
 _TINY_CORPUS = [
@@ -236,7 +210,7 @@ def put_pull_request(fake, number: int, head_sha: str, commits: Sequence[tuple[s
 
 
 TINY_SAE = {"n_latents": 64, "k": 8, "epochs": 2, "batch_size": 128, "pair_batch_size": 32}
-"""SAE settings small enough for the tiny supervisor (hidden 32) to train in well under a second."""
+"""SAE settings small enough for ``tiny_model_dir`` (hidden 64) to train in well under a second."""
 TINY_RANKER = {"hidden": 16, "epochs": 4, "patience": 2, "batch_snippets": 4}
 
 
@@ -253,14 +227,14 @@ def tiny_records(n: int = 24):
 
 
 @pytest.fixture(scope="session")
-def tiny_artifact_dir(tiny_supervisor_dir, tmp_path_factory: pytest.TempPathFactory):
-    """A complete model directory (pretrain + bind) built on the tiny supervisor; treat as read-only
+def tiny_artifact_dir(tiny_model_dir, tmp_path_factory: pytest.TempPathFactory):
+    """A complete model directory (pretrain + bind) built on ``tiny_model_dir``; treat as read-only
     (copy it with shutil.copytree before changing anything)."""
     from analyzer.supervisor import Supervisor, SupervisorConfig
     from analyzer.train import bind, pretrain
 
     root = tmp_path_factory.mktemp("tiny-artifact")
-    sup = Supervisor.load(SupervisorConfig(model=str(tiny_supervisor_dir), device="cpu",
+    sup = Supervisor.load(SupervisorConfig(model=str(tiny_model_dir), device="cpu",
                                            cache_dir=root / "cache"))
     out = root / "model"
     recs = tiny_records()

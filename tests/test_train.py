@@ -1,0 +1,123 @@
+"""analyzer.train: pretrain (stage 1) and bind (stage 2) end to end on the tiny supervisor."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from analyzer.artifact import ArtifactError, read_manifest
+from analyzer.features import FeatureConfig, StateCache, extract
+from analyzer.supervisor import Supervisor, SupervisorConfig
+from analyzer.train import bind, pretrain, pretraining_texts
+from conftest import TINY_RANKER, TINY_SAE, tiny_records
+
+
+@pytest.fixture(scope="module")
+def sup(tiny_model_dir, tmp_path_factory):
+    return Supervisor.load(SupervisorConfig(model=str(tiny_model_dir), device="cpu",
+                                            cache_dir=tmp_path_factory.mktemp("cache")))
+
+
+def test_pretraining_texts_pair_fixed_and_buggy_lines_and_mutate():
+    recs = tiny_records(6)
+    texts, pairs = pretraining_texts(recs, mutations=2, seed=0)
+    # fixed + buggy per record, then up to 2 mutations each
+    assert 2 * len(recs) <= len(texts) <= 4 * len(recs)
+    assert texts[0] == (recs[0].fixed, "python") and texts[1] == (recs[0].code, "python")
+    n_lines = [len(t.split("\n")) for t, _ in texts]
+    for a, la, b, lb in pairs:
+        assert a != b and 1 <= la <= n_lines[a] and 1 <= lb <= n_lines[b]
+    # the first record's real fix gives a (fixed line, buggy line) pair between texts 0 and 1
+    assert any(a == 0 and b == 1 for a, _, b, _ in pairs)
+    assert pretraining_texts(recs, mutations=2, seed=0) == (texts, pairs)  # seeded
+
+
+def test_pretrain_then_bind_writes_a_complete_manifest(tiny_artifact_dir):
+    m = read_manifest(tiny_artifact_dir)
+    assert m["format"] == "ptbot-model"
+    assert m["supervisor"]["layer"] == 1 and m["supervisor"]["hidden_size"] == 64
+    assert len(m["supervisor"]["sha256"]) == 64
+    assert m["features"] == FeatureConfig().to_dict()
+    assert m["sae"]["n_latents"] == TINY_SAE["n_latents"] and m["sae"]["k"] == TINY_SAE["k"]
+    assert m["sae_training"]["lines"] > 0 and m["sae_training"]["pairs"] > 0
+    assert 0 <= m["sae_training"]["fvu"] < 2
+    assert m["ranker"]["d_in"] == FeatureConfig().n_inputs(TINY_SAE["n_latents"])
+    assert m["calibration"]["method"] == "platt"
+    rt = m["ranker_training"]
+    assert rt["train_records"] + rt["dev_records"] == 24 and rt["dev_records"] > 0
+    assert 1 <= rt["best_epoch"] <= TINY_RANKER["epochs"]
+    for key in ("top1", "top3", "auroc", "ece", "n_lines"):
+        assert key in m["dev_metrics"], key
+    assert m["ptbot_version"]
+    assert (tiny_artifact_dir / "sae.safetensors").exists()
+    assert (tiny_artifact_dir / "ranker.safetensors").exists()
+
+
+def test_pretrain_resumes_from_its_checkpoint_bit_identically(sup, tmp_path, caplog):
+    recs = tiny_records(12)
+    kw = dict(mutations=1, progress=False, holdout=None)
+    whole = tmp_path / "whole"
+    pretrain(sup, recs, whole, sae_cfg={**TINY_SAE, "epochs": 3}, **kw)
+    # "interrupted" after one epoch, then run again asking for three
+    part = tmp_path / "part"
+    pretrain(sup, recs, part, sae_cfg={**TINY_SAE, "epochs": 1}, **kw)
+    assert (part / "checkpoints" / "sae_checkpoint.pt").exists()
+    with caplog.at_level(logging.INFO, logger="analyzer.sae"):
+        m = pretrain(sup, recs, part, sae_cfg={**TINY_SAE, "epochs": 3}, **kw)
+    assert any("resumed SAE training" in r.getMessage() and "epoch 1" in r.getMessage()
+               for r in caplog.records)
+    a, b = load_file(str(whole / "sae.safetensors")), load_file(str(part / "sae.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert m["sae"]["epochs"] == 3
+    # a checkpoint made with another SAE config is refused, not silently mixed in
+    with pytest.raises(ValueError, match="different SAEConfig"):
+        pretrain(sup, recs, part, sae_cfg={**TINY_SAE, "k": 4}, **kw)
+
+
+def test_state_cache_is_reused_and_equal(sup, tmp_path):
+    recs = tiny_records(4)
+    cache = StateCache(tmp_path, sup)
+    texts, langs = [r.code for r in recs], [r.language for r in recs]
+    first = extract(sup, texts, langs, FeatureConfig(), cache=cache)
+    files = sorted(cache.dir.rglob("*.pt"))
+    assert len(files) == len(recs)
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    second = extract(sup, texts, langs, FeatureConfig(), cache=cache)
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+    for x, y in zip(first, second):
+        assert x.lines == y.lines and torch.equal(x.states, y.states)
+
+
+def test_bind_before_pretrain_and_other_bad_inputs(sup, tiny_artifact_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArtifactError, match="has no manifest.json"):
+        bind(sup, tmp_path / "empty", tiny_records(8), progress=False)
+    with pytest.raises(ValueError, match="no training records"):
+        pretrain(sup, [], tmp_path / "x", sae_cfg=TINY_SAE, progress=False)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_artifact_dir, model)
+    one_problem = tiny_records(1)
+    with pytest.raises(ValueError, match="both sides of the problem split"):
+        bind(sup, model, one_problem, ranker_cfg=TINY_RANKER, progress=False)
+
+
+def test_pretrain_holdout_keeps_dev_problems_out_of_stage_1(sup, tmp_path):
+    from analyzer.records import split_by_problem
+
+    recs = tiny_records(24)
+    _, dev = split_by_problem(recs, 0.3, 0)
+    assert dev
+    m = pretrain(sup, recs, tmp_path / "m", sae_cfg={**TINY_SAE, "epochs": 1}, mutations=0,
+                 progress=False, holdout=0.3)
+    assert m["sae_training"]["records"] == len(recs) - len(dev)
+    rng = random.Random(0)
+    sub = pretrain(sup, rng.sample(recs, 10), tmp_path / "s", sae_cfg={**TINY_SAE, "epochs": 1},
+                   mutations=0, progress=False, holdout=None, max_records=5)
+    assert sub["sae_training"]["records"] == 5
