@@ -282,6 +282,22 @@ def _dev_key(metrics: dict[str, float]) -> tuple[float, float]:
     return (0.0 if math.isnan(top1) else top1, -metrics["loss"])
 
 
+def _length_batches(slates: list[Slate], size: int, gen: torch.Generator, pool: int = 8) -> list[list[int]]:
+    """Shuffled batches of slates of similar length.
+
+    NeuralNDCG's soft permutation is (L, L) per slate, so one 150-line snippet padded into a batch
+    of 10-line ones costs 200x its neighbours. Shuffle, sort within pools of ``pool`` batches by
+    length, cut into batches, then shuffle the batch order: every epoch still sees every slate once
+    in a random context.
+    """
+    order = torch.randperm(len(slates), generator=gen).tolist()
+    batches: list[list[int]] = []
+    for p in range(0, len(order), size * pool):
+        chunk = sorted(order[p:p + size * pool], key=lambda j: len(slates[j].labels))
+        batches += [chunk[i:i + size] for i in range(0, len(chunk), size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
 def train_ranker(cfg: RankerConfig, train: list[Slate], dev: list[Slate],
                  progress: bool = True) -> tuple[RankerMLP, dict[str, Any]]:
     """Train on ``train`` with early stopping on ``dev``; returns the best model (eval mode) and its history.
@@ -301,10 +317,9 @@ def train_ranker(cfg: RankerConfig, train: list[Slate], dev: list[Slate],
         bar = tqdm(range(1, cfg.epochs + 1), disable=not progress, desc="ranker", unit="epoch")
         for epoch in bar:
             model.train()
-            order = torch.randperm(len(train), generator=gen).tolist()
             total = 0.0
-            for i in range(0, len(order), cfg.batch_snippets):
-                chunk = [train[j] for j in order[i:i + cfg.batch_snippets]]
+            for batch in _length_batches(train, cfg.batch_snippets, gen):
+                chunk = [train[j] for j in batch]
                 x, y, mask = _pad(chunk)
                 loss = ranker_loss(model(x), y, mask, cfg)
                 opt.zero_grad(set_to_none=True)
