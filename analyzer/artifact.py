@@ -38,6 +38,14 @@ def ptbot_version() -> str:
         return "0+source"
 
 
+def resolve_model_dir(path: Path | str) -> Path:
+    """``path`` itself, or, when it is a model HOME (``analyzer.versions``), its serving version."""
+    from analyzer import versions  # versions builds on this module; import it only when needed
+
+    path = Path(path)
+    return versions.current_dir(path) if versions.is_home(path) else path
+
+
 def read_manifest(model_dir: Path) -> dict[str, Any]:
     """Read and check a model directory's manifest; raise ``ArtifactError`` with what to do."""
     path = Path(model_dir) / MANIFEST

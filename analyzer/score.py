@@ -44,13 +44,14 @@ class RiskScorer:
     @classmethod
     def load(cls, model_dir: Path | str | None = None, *,
              supervisor: SupervisorConfig | None = None, progress: bool = False) -> RiskScorer:
-        """Load a model directory (default: the one shipped in the package).
+        """Load a model directory (default: the one shipped in the package), or the serving
+        version of a model HOME (``analyzer.versions``).
 
         ``supervisor`` carries runtime choices (device, dtype, cache dir, batch budget); the
         model reference and layer always come from the manifest, because the SAE and ranker
         only make sense on the states they were trained on.
         """
-        model_dir = Path(model_dir) if model_dir else artifact.default_model_dir()
+        model_dir = artifact.resolve_model_dir(model_dir) if model_dir else artifact.default_model_dir()
         manifest = artifact.read_manifest(model_dir)
         if not manifest.get("sae") or not manifest.get("ranker") or not manifest.get("calibration"):
             raise artifact.ArtifactError(

@@ -103,8 +103,17 @@ def cli(ctx: click.Context, verbose: int) -> None:
       ptbot score FILE --lines 10-40    rank lines of one file
     \b
     Train your own model (see README):
+      ptbot mine-repo REPO --out DIR                   pretraining data from git history
       ptbot pretrain DATA.jsonl... --out MODEL_DIR     stage 1: contrastive sparse autoencoder
       ptbot bind DATA.jsonl... --model MODEL_DIR       stage 2: ranker + calibration
+      ptbot eval TEST.jsonl... --train TRAIN.jsonl     compare with every baseline
+    \b
+    Run it for a team:
+      ptbot serve / ptbot worker                       GitHub App (webhook + Celery workers)
+      ptbot action                                     GitHub Action step
+      ptbot feedback sync|stats|export                 reviewers' reactions and edits as labels
+      ptbot rebind DATA... --home HOME                 retrain on feedback, promote only if better
+      ptbot model list|rollback --home HOME            serving versions
 
     Settings come from PTBOT_* environment variables (PTBOT_MODEL, PTBOT_CACHE_DIR,
     PTBOT_DEVICE, ...); flags override them.
@@ -483,10 +492,10 @@ def worker(ctx, queues, concurrency, beat):
 
 def _model_dir_or_default(settings: Settings, model: str | None) -> Path | None:
     """--model, else PTBOT_MODEL, else the packaged model if it has been trained."""
-    from analyzer.artifact import MANIFEST, default_model_dir
+    from analyzer.artifact import MANIFEST, default_model_dir, resolve_model_dir
 
     if model or settings.model:
-        return Path(model or settings.model)
+        return resolve_model_dir(model or settings.model)
     d = default_model_dir()
     return d if (d / MANIFEST).exists() else None
 
@@ -711,6 +720,139 @@ def feedback_export(ctx, out, repo):
     skipped = ", ".join(f"{k}: {v}" for k, v in sorted(summary.skipped.items())) or "none"
     click.echo(f"wrote {summary.records} record(s) to {out} ({summary.positive_lines} positive and "
                f"{summary.negative_lines} negative line(s); skipped snapshots: {skipped})")
+
+
+# ------------------------------------------------------------------------- gated re-binding
+
+
+@cli.command("rebind")
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--home", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Model home made by `ptbot model init` (versions + current.json).")
+@click.option("--feedback-db", metavar="URL", help="Label store to export feedback from (default: PTBOT_DATABASE_URL).")
+@click.option("--repo", help="Only feedback of this repository (owner/name).")
+@click.option("--languages", help="Only records of these languages (comma-separated).")
+@click.option("--holdout", default=0.3, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Share of feedback problems held out to judge the serving and the new version.")
+@click.option("--metric", default="top1", show_default=True,
+              type=click.Choice(["top1", "top3", "top5", "auroc", "bss", "brier", "ece"]),
+              help="`ptbot eval` metric that decides.")
+@click.option("--min-gain", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Promote only if the new version is at least this much better on --metric.")
+@click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Share of training problems held out for early stopping and calibration.")
+@click.option("--calibration", type=click.Choice(["platt", "temperature"]), default="platt", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")
+@click.option("--seed", default=0, show_default=True)
+@click.pass_context
+def rebind_cmd(ctx, data, home, feedback_db, repo, languages, holdout, metric, min_gain, dev_fraction,
+               calibration, epochs, seed):
+    """Re-bind on seed DATA plus reviewer feedback; promote the new ranker only if it wins.
+
+    Feedback labels are exported from the label store, split by problem into a training part and
+    a held-out part; a new version (copy of the serving one, same SAE) is trained on DATA + the
+    training part; both versions are scored on the held-out part with the `ptbot eval` metrics.
+    The new version serves only if its --metric beats the serving one by --min-gain; otherwise it
+    is kept as "refused" for inspection. Exit code 0 either way; the last line says which.
+    """
+    import tempfile
+
+    from analyzer import versions
+    from analyzer.artifact import ArtifactError, read_manifest
+    from analyzer.rebind import rebind_with_gate
+    from analyzer.records import load_records
+    from bot.feedback import write_export
+    from bot.store import LabelStore
+
+    langs = [x.strip() for x in languages.split(",")] if languages else None
+    seed_records = _records(data, langs)
+    url = feedback_db or _settings(ctx).database_url
+    try:
+        store = LabelStore(url)
+    except Exception as e:  # a wrong URL or an unreachable server: say which
+        raise _fail(f"cannot open the label store {url}: {e}") from e
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = write_export(store, Path(tmp) / "feedback.jsonl", repo)
+            feedback = load_records([Path(tmp) / "feedback.jsonl"], langs)
+    finally:
+        store.close()
+    click.echo(f"feedback: {summary.records} record(s) ({summary.positive_lines} positive, "
+               f"{summary.negative_lines} negative line(s))", err=True)
+    try:
+        manifest = read_manifest(versions.current_dir(Path(home)))
+    except ArtifactError as e:
+        raise _fail(str(e)) from e
+    sup = _load_supervisor(_settings(ctx), manifest["supervisor"]["model"], manifest["supervisor"]["layer"])
+    try:
+        result = rebind_with_gate(sup, Path(home), seed_records, feedback, holdout=holdout, seed=seed,
+                                  min_gain=min_gain, metric=metric, dev_fraction=dev_fraction,
+                                  calibration=calibration, ranker_cfg={"epochs": epochs} if epochs else None,
+                                  cache=_state_cache(ctx, sup))
+    except (ArtifactError, ValueError) as e:
+        raise _fail(str(e)) from e
+    verdict = "PROMOTED" if result.promoted else "REFUSED"
+    click.echo(f"{verdict} version {result.version} (serving now: "
+               f"{result.version if result.promoted else result.serving}); {result.reason}")
+
+
+@cli.group("model")
+def model_group() -> None:
+    """Versions of a model home: list them, roll back, start a home from a model directory.
+
+    Point PTBOT_MODEL (or --model) at the home: the scorer loads its serving version.
+    """
+
+
+@model_group.command("init")
+@click.option("--home", required=True, type=click.Path(file_okay=False), help="Model home to create.")
+@click.option("--from", "from_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Model directory (made by pretrain + bind) that becomes version 0001.")
+def model_init(home, from_dir):
+    """Create a model home whose version 0001 is a copy of a model directory."""
+    from analyzer import versions
+    from analyzer.artifact import ArtifactError
+
+    try:
+        versions.init_home(Path(home), Path(from_dir))
+    except ArtifactError as e:
+        raise _fail(str(e)) from e
+    click.echo(f"created {home}: serving 0001 (copy of {from_dir})")
+
+
+@model_group.command("list")
+@click.option("--home", required=True, type=click.Path(file_okay=False, exists=True), help="Model home.")
+def model_list(home):
+    """Every version with its status and the gate's metrics (old -> new)."""
+    from analyzer import versions
+    from analyzer.artifact import ArtifactError
+
+    try:
+        rows = versions.list_versions(Path(home))
+    except ArtifactError as e:
+        raise _fail(str(e)) from e
+    for v in rows:
+        gate = ""
+        if v.gate:
+            m = v.gate["config"]["metric"]
+            old = (v.gate.get("old") or {}).get(m)
+            new = (v.gate.get("new") or {}).get(m)
+            gate = f"  gate {m}: {'n/a' if old is None else f'{old:.3f}'} -> {'n/a' if new is None else f'{new:.3f}'}"
+        click.echo(f"{v.version}  {v.status:9s}  {v.created}{gate}")
+
+
+@model_group.command("rollback")
+@click.option("--home", required=True, type=click.Path(file_okay=False, exists=True), help="Model home.")
+def model_rollback(home):
+    """Serve the previously promoted version again (restart workers to pick it up)."""
+    from analyzer import versions
+    from analyzer.artifact import ArtifactError
+
+    try:
+        version = versions.rollback(Path(home))
+    except ArtifactError as e:
+        raise _fail(str(e)) from e
+    click.echo(f"serving {version}")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

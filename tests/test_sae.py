@@ -20,7 +20,7 @@ from analyzer.sae import (
 )
 
 D_IN = 16
-STEPS = 300
+STEPS = 300  # optimiser steps of the crafted AuxK case
 
 
 def _sparse_data(n: int = 2048, n_features: int = 32, active: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,6 +132,9 @@ def _crafted_revival(auxk_coef: float, seed: int) -> tuple[int, float]:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_auxk_revives_dead_latents(seed):
+    # Honest scope: on this crafted start AuxK revives the dead latents within 300 steps for these
+    # seeds; for seeds 2 and 3 it leaves one latent dead, and with 600 steps plain training revives
+    # them too. On generic toy data AuxK did not lower the dead fraction (see the report).
     dead_without, fvu_without = _crafted_revival(0.0, seed)
     dead_with, fvu_with = _crafted_revival(1 / 32, seed)
     assert dead_with < dead_without

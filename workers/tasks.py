@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from analyzer.artifact import ArtifactError, default_model_dir, read_manifest
+from analyzer.artifact import ArtifactError, default_model_dir, read_manifest, resolve_model_dir
 from bot.config import Settings
 from bot.github import GitHubApp
 from bot.pr_review import (
@@ -60,8 +60,8 @@ def expected_model_version(settings: Settings) -> str | None:
     Lets CPU workers (which never load the model) recognise a job key that is already done.
     None when the manifest cannot be read; then only ``publish`` checks the key.
     """
-    model_dir = settings.model or default_model_dir()
     try:
+        model_dir = resolve_model_dir(settings.model) if settings.model else default_model_dir()
         manifest = read_manifest(model_dir)
     except (ArtifactError, OSError, ValueError):
         return None
