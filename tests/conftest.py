@@ -220,7 +220,7 @@ def tiny_records(n: int = 24):
 
     from analyzer.records import load_records
 
-    data = Path(os.environ.get("PTBOT_SHARED_DATA", "/work/shared/data")) / "humanevalpack-python.jsonl"
+    data = Path(os.environ.get("PTBOT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "humanevalpack-python.jsonl"
     if not data.exists():
         pytest.skip(f"shared data not found at {data} (set PTBOT_SHARED_DATA)")
     return load_records([data])[:n]

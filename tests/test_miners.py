@@ -23,7 +23,7 @@ from miners.mine import MineConfig, MiningError, mine_repo
 from miners.snippets import clean_snippets, enclosing_region, fix_snippets
 
 GOLDEN = Path(__file__).parent / "golden" / "miners"
-CHECK_DATA = Path(os.environ.get("PTBOT_SHARED_DIR", "/work/shared")) / "data" / "check_data.py"
+CHECK_DATA = Path(os.environ.get("PTBOT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")) / "data" / "check_data.py"
 UPDATE = os.environ.get("PTBOT_UPDATE_GOLDEN") == "1"
 
 CALC_V1 = """\
