@@ -87,7 +87,8 @@ def pretrain(sup: Supervisor, records: Sequence[Record], out_dir: Path, *,
              sae_cfg: dict[str, Any] | None = None, features: FeatureConfig = FeatureConfig(),
              mutations: int = 2, fine_mutations: bool = False, seed: int = 0,
              progress: bool = True, cache: StateCache | None = None,
-             holdout: float | None = 0.2, max_records: int | None = None) -> dict[str, Any]:
+             holdout: float | None = 0.2, max_records: int | None = None,
+             name: str | None = None) -> dict[str, Any]:
     """Stage 1: train the contrastive TopK SAE on line states; write it into ``out_dir``.
 
     ``holdout``: the share of problems that ``bind`` will hold out as its dev split (same
@@ -123,7 +124,7 @@ def pretrain(sup: Supervisor, records: Sequence[Record], out_dir: Path, *,
                "pairs": int(pt.shape[0]), "mutations_per_snippet": mutations,
                "languages": sorted({r.language for r in records})}
     manifest = _existing(out_dir)
-    manifest.update({"name": Path(out_dir).name, "supervisor": supervisor_ref(sup).to_dict(),
+    manifest.update({"name": name or Path(out_dir).name, "supervisor": supervisor_ref(sup).to_dict(),
                      "features": features.to_dict(), "sae": sae_dict,
                      "sae_training": {**summary, **{k: v for k, v in metrics.items() if k != "history"}},
                      "ranker": None, "calibration": None})
@@ -188,8 +189,11 @@ def predictions(ranker, calibrator: Calibrator | None, slates: Sequence[Slate]) 
 def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
          ranker_cfg: dict[str, Any] | None = None, dev_fraction: float = 0.2, seed: int = 0,
          calibration: str = "platt", progress: bool = True,
-         cache: StateCache | None = None) -> dict[str, Any]:
-    """Stage 2: train the ranker and calibrator on labelled records; update ``model_dir``."""
+         cache: StateCache | None = None, version: str | None = None) -> dict[str, Any]:
+    """Stage 2: train the ranker and calibrator on labelled records; update ``model_dir``.
+
+    ``version`` is recorded in the manifest (reports and scored lines name ``name@version``).
+    """
     manifest = artifact.read_manifest(model_dir)
     if not manifest.get("sae"):
         raise artifact.ArtifactError(f"{model_dir} has no SAE yet: run `ptbot pretrain` first")
@@ -216,6 +220,7 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     save_ranker(ranker, model_dir)
     manifest = _existing(model_dir)
     manifest.update({
+        **({"version": version} if version else {}),
         "ranker": cfg.to_dict(), "calibration": calib.to_dict(),
         "ranker_training": {"train_records": len(train_recs), "dev_records": len(dev_recs),
                             "train_lines": int(sum(len(s.labels) for s in train)),

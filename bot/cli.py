@@ -308,10 +308,11 @@ def _state_cache(ctx: click.Context, sup):
 @click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Leave out the problems `ptbot bind` will hold out for its dev split (same seed).")
 @click.option("--max-records", type=click.IntRange(min=1), help="Use a seeded random subset of the records.")
+@click.option("--name", help="Model name recorded in the manifest (default: the directory name).")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
 def pretrain(ctx, data, out_dir, supervisor, layer, languages, mutations, fine_mutations, latents,
-             topk, contrastive_weight, epochs, dev_fraction, max_records, seed):
+             topk, contrastive_weight, epochs, dev_fraction, max_records, name, seed):
     """Stage 1: train the contrastive TopK sparse autoencoder on DATA (JSONL, shared schema).
 
     Every record gives its buggy code and its fixed version, paired line by line; clean code also
@@ -327,7 +328,7 @@ def pretrain(ctx, data, out_dir, supervisor, layer, languages, mutations, fine_m
     try:
         manifest = run(sup, recs, Path(out_dir), sae_cfg=sae, mutations=mutations,
                        fine_mutations=fine_mutations, seed=seed, cache=_state_cache(ctx, sup),
-                       holdout=dev_fraction or None, max_records=max_records)
+                       holdout=dev_fraction or None, max_records=max_records, name=name)
     except ValueError as e:
         raise _fail(str(e)) from e
     t = manifest["sae_training"]
@@ -346,9 +347,10 @@ def pretrain(ctx, data, out_dir, supervisor, layer, languages, mutations, fine_m
 @click.option("--calibration", type=click.Choice(["platt", "temperature"]), default="platt", show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="NeuralNDCG temperature.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")
+@click.option("--version", "model_version", help="Version recorded in the manifest (default: the training time).")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
-def bind(ctx, data, model_dir, languages, dev_fraction, calibration, temperature, epochs, seed):
+def bind(ctx, data, model_dir, languages, dev_fraction, calibration, temperature, epochs, model_version, seed):
     """Stage 2: train the ranker (NeuralNDCG + pointwise head) and calibrate it on DATA."""
     from analyzer.artifact import ArtifactError, read_manifest
     from analyzer.train import bind as run
@@ -363,7 +365,8 @@ def bind(ctx, data, model_dir, languages, dev_fraction, calibration, temperature
     rcfg = {k: v for k, v in {"temperature": temperature, "epochs": epochs}.items() if v is not None}
     try:
         manifest = run(sup, Path(model_dir), recs, ranker_cfg=rcfg, dev_fraction=dev_fraction,
-                       seed=seed, calibration=calibration, cache=_state_cache(ctx, sup))
+                       seed=seed, calibration=calibration, cache=_state_cache(ctx, sup),
+                       version=model_version)
     except (ArtifactError, ValueError) as e:
         raise _fail(str(e)) from e
     m = manifest["dev_metrics"]
