@@ -32,10 +32,18 @@ class FeatureConfig:
     prefix: str = "```{language}\n"
     """Text put before the code (``{language}`` is filled in); keeps the code off position 0,
     whose state is an attention sink with activations ~100x larger than any other token."""
+    absolute: bool = True
+    """Include the latents themselves (they also carry the language and style of the snippet)."""
     centre: bool = True
-    """Append the latents centred on the snippet mean."""
+    """Include the latents centred on the snippet mean (what is unusual *within this file*)."""
     shape: bool = True
-    """Append log token count, relative position and log character length."""
+    """Append log token count and log character length."""
+    position: bool = True
+    """Append the line's relative position in the file (0 = first scorable line, 1 = last)."""
+
+    def __post_init__(self) -> None:
+        if not (self.absolute or self.centre):
+            raise ValueError("FeatureConfig needs absolute or centred latents (or both)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,7 +52,7 @@ class FeatureConfig:
         return self.prefix.replace("{language}", language or "")
 
     def n_inputs(self, n_latents: int) -> int:
-        return n_latents * (2 if self.centre else 1) + (3 if self.shape else 0)
+        return n_latents * (int(self.absolute) + int(self.centre)) + 2 * int(self.shape) + int(self.position)
 
 
 @dataclass(frozen=True)
@@ -122,15 +130,20 @@ def extract(sup: Supervisor, texts: Sequence[str], languages: Sequence[str | Non
 
 def ranker_inputs(latents: torch.Tensor, lines: Sequence[LineSpan], cfg: FeatureConfig) -> torch.Tensor:
     """(n_lines, n_latents) SAE latents of one snippet -> (n_lines, cfg.n_inputs(n_latents))."""
-    parts = [latents]
+    parts = []
+    if cfg.absolute:
+        parts.append(latents)
     if cfg.centre:
         parts.append(latents - latents.mean(dim=0, keepdim=True))
+    n = len(lines)
+    # Column order [log tokens, position, log chars] is what shipped models were trained on.
+    extra = []
     if cfg.shape:
-        n = max(len(lines), 1)
-        shape = torch.tensor(
-            [[torch.log1p(torch.tensor(float(s.n_tokens))).item(),
-              i / max(n - 1, 1),
-              torch.log1p(torch.tensor(float(len(s.text.strip())))).item()]
-             for i, s in enumerate(lines)], dtype=latents.dtype).reshape(len(lines), 3)
-        parts.append(shape)
+        extra.append(torch.tensor([float(s.n_tokens) for s in lines], dtype=latents.dtype).log1p())
+    if cfg.position:
+        extra.append(torch.arange(n, dtype=latents.dtype) / max(n - 1, 1))
+    if cfg.shape:
+        extra.append(torch.tensor([float(len(s.text.strip())) for s in lines], dtype=latents.dtype).log1p())
+    if extra:
+        parts.append(torch.stack(extra, dim=1).reshape(n, len(extra)))
     return torch.cat(parts, dim=1)
