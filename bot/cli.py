@@ -348,10 +348,21 @@ def pretrain(ctx, data, out_dir, supervisor, layer, languages, mutations, fine_m
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="NeuralNDCG temperature.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")
 @click.option("--version", "model_version", help="Version recorded in the manifest (default: the training time).")
+@click.option("--feedback-db", metavar="URL",
+              help="Also train on reviewers' feedback from this label store and promote the result only if "
+                   "it beats the serving version on held-out feedback; MODEL_DIR must then be a model home "
+                   "(`ptbot model init`). Same as `ptbot rebind DATA --home MODEL_DIR --feedback-db URL`.")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
-def bind(ctx, data, model_dir, languages, dev_fraction, calibration, temperature, epochs, model_version, seed):
+def bind(ctx, data, model_dir, languages, dev_fraction, calibration, temperature, epochs, model_version,
+         feedback_db, seed):
     """Stage 2: train the ranker (NeuralNDCG + pointwise head) and calibrate it on DATA."""
+    if feedback_db:
+        if temperature is not None or model_version:
+            raise _fail("--temperature and --version are not used with --feedback-db")
+        return ctx.invoke(rebind_cmd, data=data, home=model_dir, feedback_db=feedback_db, repo=None,
+                          languages=languages, holdout=0.3, metric="top1", min_gain=0.0,
+                          dev_fraction=dev_fraction, calibration=calibration, epochs=epochs, seed=seed)
     from analyzer.artifact import ArtifactError, read_manifest
     from analyzer.train import bind as run
 

@@ -152,8 +152,10 @@ def test_feedback_records_round_trip_through_the_export_schema(tmp_path):
     assert again == feedback(6)
 
 
-def test_cli_rebind_from_the_label_store_then_list_and_rollback(tiny_artifact_dir, tmp_path):
-    """``ptbot rebind --feedback-db``: label store -> export -> gated bind -> ``model list``."""
+@pytest.mark.parametrize("spelling", ["rebind", "bind"])
+def test_cli_rebind_from_the_label_store_then_list_and_rollback(spelling, tiny_artifact_dir, tmp_path):
+    """``ptbot rebind --feedback-db`` (or ``ptbot bind --model HOME --feedback-db``): label store ->
+    export -> gated bind -> ``model list``."""
     import json as _json
 
     from click.testing import CliRunner
@@ -182,7 +184,8 @@ def test_cli_rebind_from_the_label_store_then_list_and_rollback(tiny_artifact_di
     home = str(tmp_path / "home")
     assert runner.invoke(cli, ["model", "init", "--home", home, "--from", str(tiny_artifact_dir)],
                          env=env).exit_code == 0
-    result = runner.invoke(cli, ["rebind", str(seed), "--home", home, "--feedback-db", url, "--epochs", "30"],
+    where = ["--home", home] if spelling == "rebind" else ["--model", home]
+    result = runner.invoke(cli, [spelling, str(seed), *where, "--feedback-db", url, "--epochs", "30"],
                            env=env)
     assert result.exit_code == 0, result.output
     assert "feedback: 40 record(s) (40 positive" in result.output
