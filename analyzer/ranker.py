@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from analyzer.metrics import SnippetPrediction, topk_hit_rate
+from analyzer.weights import load_state, save_state
 
 logger = logging.getLogger(__name__)
 
@@ -353,21 +353,11 @@ def train_ranker(cfg: RankerConfig, train: list[Slate], dev: list[Slate],
 
 def save_ranker(model: RankerMLP, directory: Path, name: str = "ranker") -> dict[str, Any]:
     """Write ``<directory>/<name>.safetensors``; returns the config dict for manifest.json."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / f"{name}.safetensors"), metadata={"format": "ptbot-ranker"})
+    save_state(model, directory, name, "ranker")
     return model.cfg.to_dict()
 
 
 def load_ranker(directory: Path, config: dict[str, Any], name: str = "ranker") -> RankerMLP:
     """Rebuild the ranker saved by ``save_ranker`` (eval mode)."""
-    path = Path(directory) / f"{name}.safetensors"
-    if not path.exists():
-        raise ValueError(f"ranker weights not found at {path}; rebuild the model with `ptbot bind`")
     model = RankerMLP(RankerConfig.from_dict(config))
-    try:
-        model.load_state_dict(load_file(str(path)))
-    except RuntimeError as e:
-        raise ValueError(f"{path} does not match its manifest ranker config ({e}); the artifact is inconsistent") from e
-    return model.eval()
+    return load_state(model, directory, name, "ranker", "ptbot bind")

@@ -26,9 +26,10 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from analyzer.weights import load_state, save_state
 
 logger = logging.getLogger(__name__)
 
@@ -480,21 +481,11 @@ def train_sae(cfg: SAEConfig, x: Tensor, pairs: Tensor, *, checkpoint_dir: Path 
 
 def save_sae(model: SparseAutoencoder, directory: Path, name: str = "sae") -> dict[str, Any]:
     """Write ``<directory>/<name>.safetensors``; returns the config dict for manifest.json."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / f"{name}.safetensors"), metadata={"format": "ptbot-sae"})
+    save_state(model, directory, name, "sae")
     return model.cfg.to_dict()
 
 
 def load_sae(directory: Path, config: dict[str, Any], name: str = "sae") -> SparseAutoencoder:
     """Rebuild the SAE saved by ``save_sae`` from its directory and manifest config dict (eval mode)."""
-    path = Path(directory) / f"{name}.safetensors"
-    if not path.exists():
-        raise ValueError(f"SAE weights not found at {path}; rebuild the model with `ptbot pretrain`")
     model = SparseAutoencoder(SAEConfig.from_dict(config))
-    try:
-        model.load_state_dict(load_file(str(path)))
-    except RuntimeError as e:
-        raise ValueError(f"{path} does not match its manifest SAE config ({e}); the artifact is inconsistent") from e
-    return model.eval()
+    return load_state(model, directory, name, "SAE", "ptbot pretrain")
