@@ -46,6 +46,7 @@ def render_report(
     changed: Mapping[str, Collection[int]] | None = None,
     coverage: Coverage | None = None,
     renderer: Renderer | None = None,
+    explain: bool = False,
 ) -> str:
     """Render ``report`` in one of :data:`FORMATS`.
 
@@ -53,6 +54,8 @@ def render_report(
     their occurrence counts; ``changed`` (path -> changed line numbers) marks lines in html
     (default: the scored lines); ``coverage`` feeds the text and markdown coverage line (default:
     derived from the report alone, which cannot know how many candidate lines went unscored).
+    ``explain`` adds each line's strongest SAE latents to the text table (the other formats
+    always carry them).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -61,7 +64,7 @@ def render_report(
     if fmt == "sarif":
         return json.dumps(sarif_log(report, files=files), indent=2, ensure_ascii=False) + "\n"
     if fmt == "text":
-        return text_report(report, coverage=coverage)
+        return text_report(report, coverage=coverage, explain=explain)
     renderer = renderer or Renderer()
     if fmt == "markdown":
         # Without a Coverage the report cannot tell how many changed lines went unscored.
@@ -74,8 +77,12 @@ def render_report(
 # ----- text -------------------------------------------------------------------------------------
 
 def text_report(report: Report, *, coverage: Coverage | None = None,
-                width: int = TERMINAL_WIDTH) -> str:
-    """Aligned ranked table, skipped files with reasons, and a one-line summary, ``width`` wide."""
+                width: int = TERMINAL_WIDTH, explain: bool = False) -> str:
+    """Aligned ranked table, skipped files with reasons, and a one-line summary, ``width`` wide.
+
+    ``explain``: under each row, the line's strongest SAE latents (number, label if one was
+    stored with ``ptbot features --label``, activation), strongest first.
+    """
     ranked = sorted(report.lines, key=lambda ln: ln.rank)
     out: list[str] = []
     if ranked:
@@ -91,6 +98,8 @@ def text_report(report: Report, *, coverage: Coverage | None = None,
             code = _clip(ln.text.strip().replace("\t", "    "), code_w)
             out.append(f"{ln.rank:>{rank_w}}  {pct(ln.probability):>{prob_w}}  "
                        f"{_pad(_clip_left(loc, loc_w), loc_w)}  {code}".rstrip())
+            if explain:
+                out.append(_clip(" " * (rank_w + 2) + "latents: " + _latents(ln), width))
     else:
         out.append("No line was scored.")
     if report.skipped:
@@ -110,6 +119,13 @@ def text_report(report: Report, *, coverage: Coverage | None = None,
     summary = f"{what}; model {model_label(report.model)}, layer {report.model.layer}."
     out.append(_clip(summary[0].upper() + summary[1:], width))
     return "\n".join(out) + "\n"
+
+
+def _latents(ln: LineScore, n: int = 3) -> str:
+    feats = sorted(ln.features, key=lambda f: -f.activation)[:n]
+    if not feats:
+        return "none stood out"
+    return ", ".join(f"#{f.latent}{f' ({f.label})' if f.label else ''} {f.activation:.2f}" for f in feats)
 
 
 def _s(n: int) -> str:

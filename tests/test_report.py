@@ -75,6 +75,20 @@ def test_text_golden_and_fits_100_columns():
     assert rows[-1].startswith("Scored 4 lines in 3 files; skipped 2 files; model ")
 
 
+def test_text_explain_adds_each_lines_strongest_latents():
+    out = render_report(fixed_report(), "text", explain=True)
+    check_golden("report-explain.txt", out)
+    from bot.report import _width
+    assert all(_width(row) <= TERMINAL_WIDTH for row in out.splitlines())
+    rows = out.splitlines()
+    # Row 1 is followed by its latents, strongest first, labelled ones by name.
+    assert rows[3].strip() == "latents: #12 (permission check) 0.84, #40 0.50"
+    assert rows[5].strip() == "latents: #3 1.25"
+    assert rows[7].strip() == "latents: none stood out"
+    # Without --explain the table is unchanged.
+    assert "latents:" not in render_report(fixed_report(), "text")
+
+
 def test_text_uses_coverage_when_given_and_handles_an_empty_report():
     out = text_report(Report(MODEL, ()), coverage=Coverage(0, 3, scope="changed"))
     assert out.splitlines()[0] == "No line was scored."
