@@ -18,13 +18,13 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from analyzer import artifact
+from analyzer import artifact, shards
 from analyzer.calibrate import Calibrator
 from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, ranker_inputs
 from analyzer.metrics import SnippetPrediction, evaluate
@@ -49,28 +49,37 @@ def supervisor_ref(sup: Supervisor) -> artifact.SupervisorRef:
 # ------------------------------------------------------------------------------------ stage 1
 
 
-def pretraining_texts(records: Sequence[Record], mutations: int, seed: int,
-                      fine: bool = False) -> tuple[list[tuple[str, str]], list[tuple[int, int, int, int]]]:
-    """Texts to read and line pairs between them.
+@dataclass(frozen=True)
+class PretrainingText:
+    """One text stage 1 reads, and where it comes from."""
 
-    Returns ``texts`` as (code, language) and ``pairs`` as (text a, line a, text b, line b): line a
-    of text a is a correct line, line b of text b the buggy/mutated line that replaces it.
-    """
+    code: str
+    language: str
+    record: int
+    """Index of its record in the list given to ``pretraining_plan``."""
+    buggy: tuple[int, ...]
+    """Its wrong lines: the record's buggy lines for its code, the mutated lines of a mutation,
+    none for a fixed version."""
+
+
+def pretraining_plan(records: Sequence[Record], mutations: int, seed: int,
+                     fine: bool = False) -> tuple[list[PretrainingText], list[tuple[int, int, int, int]]]:
+    """``pretraining_texts`` with each text's record and wrong lines (``ptbot extract`` keeps them)."""
     rng = random.Random(seed)
-    texts: list[tuple[str, str]] = []
+    texts: list[PretrainingText] = []
     pairs: list[tuple[int, int, int, int]] = []
     clean = [r.fixed for r in records if r.fixed]
-    for rec in records:
+    for i, rec in enumerate(records):
         if rec.fixed:
             a = len(texts)
-            texts.append((rec.fixed, rec.language))
+            texts.append(PretrainingText(rec.fixed, rec.language, i, ()))
             b = len(texts)
-            texts.append((rec.code, rec.language))
+            texts.append(PretrainingText(rec.code, rec.language, i, tuple(rec.buggy_lines)))
             pairs += [(a, la, b, lb) for la, lb in pair_lines(rec.fixed, rec.code)]
             base, lang = rec.fixed, rec.language
         else:  # an unlabelled clean snippet: mutations only
             a = len(texts)
-            texts.append((rec.code, rec.language))
+            texts.append(PretrainingText(rec.code, rec.language, i, tuple(rec.buggy_lines)))
             base, lang = rec.code, rec.language
         for _ in range(mutations):
             donors = [clean[rng.randrange(len(clean))] for _ in range(3)] if clean else []
@@ -78,9 +87,33 @@ def pretraining_texts(records: Sequence[Record], mutations: int, seed: int,
             if m is None:
                 continue
             b = len(texts)
-            texts.append((m.code, lang))
+            texts.append(PretrainingText(m.code, lang, i, tuple(m.buggy_lines)))
             pairs += [(a, la, b, lb) for la, lb in m.pairs]
     return texts, pairs
+
+
+def pretraining_texts(records: Sequence[Record], mutations: int, seed: int,
+                      fine: bool = False) -> tuple[list[tuple[str, str]], list[tuple[int, int, int, int]]]:
+    """Texts to read and line pairs between them.
+
+    Returns ``texts`` as (code, language) and ``pairs`` as (text a, line a, text b, line b): line a
+    of text a is a correct line, line b of text b the buggy/mutated line that replaces it.
+    """
+    texts, pairs = pretraining_plan(records, mutations, seed, fine)
+    return [(t.code, t.language) for t in texts], pairs
+
+
+def pretraining_records(records: Sequence[Record], holdout: float | None, seed: int,
+                        max_records: int | None) -> list[Record]:
+    """The records stage 1 learns from: ``bind``'s dev problems left out, then a seeded subset."""
+    records = list(records)
+    if holdout:
+        records, _ = split_by_problem(records, holdout, seed)
+    if max_records is not None and len(records) > max_records:
+        records = random.Random(seed).sample(list(records), max_records)
+    if not records:
+        raise ValueError("no training records: pass at least one JSONL file with code")
+    return list(records)
 
 
 def pretrain(sup: Supervisor, records: Sequence[Record], out_dir: Path, *,
@@ -95,12 +128,7 @@ def pretrain(sup: Supervisor, records: Sequence[Record], out_dir: Path, *,
     hash-based split, same seed) is left out here too, so no dev label reaches stage 1 either.
     ``max_records``: a seeded random subset, to bound the cost of reading code.
     """
-    if holdout:
-        records, _ = split_by_problem(records, holdout, seed)
-    if max_records is not None and len(records) > max_records:
-        records = random.Random(seed).sample(list(records), max_records)
-    if not records:
-        raise ValueError("no training records: pass at least one JSONL file with code")
+    records = pretraining_records(records, holdout, seed, max_records)
     texts, pairs = pretraining_texts(records, mutations, seed, fine_mutations)
     log.info("pretraining on %d texts (%d records, %d mutations each), %d line pairs",
              len(texts), len(records), mutations, len(pairs))
@@ -116,20 +144,64 @@ def pretrain(sup: Supervisor, records: Sequence[Record], out_dir: Path, *,
     pair_rows = [(rows[a][la], rows[b][lb]) for a, la, b, lb in pairs
                  if la in rows[a] and lb in rows[b]]
     pt = torch.tensor(pair_rows, dtype=torch.long).reshape(-1, 2)
+    summary = {"records": len(records), "holdout": holdout, "texts": len(texts), "lines": int(x.shape[0]),
+               "pairs": int(pt.shape[0]), "mutations_per_snippet": mutations,
+               "languages": sorted({r.language for r in records})}
+    return _train_stage1(x, pt, out_dir, supervisor_ref(sup), features, summary, sae_cfg=sae_cfg,
+                         seed=seed, progress=progress, name=name)
+
+
+def _train_stage1(x: torch.Tensor, pt: torch.Tensor, out_dir: Path, sup: artifact.SupervisorRef,
+                  features: FeatureConfig, summary: dict[str, Any], *, sae_cfg: dict[str, Any] | None,
+                  seed: int, progress: bool, name: str | None) -> dict[str, Any]:
+    """Train the SAE on line states ``x`` with contrastive row pairs ``pt``; write the artifact."""
     cfg = SAEConfig(**{"d_in": x.shape[1], "seed": seed, **(sae_cfg or {})})
     model, metrics = train_sae(cfg, x, pt, checkpoint_dir=Path(out_dir) / "checkpoints",
                                progress=progress)
     sae_dict = save_sae(model, out_dir)
-    summary = {"records": len(records), "holdout": holdout, "texts": len(texts), "lines": int(x.shape[0]),
-               "pairs": int(pt.shape[0]), "mutations_per_snippet": mutations,
-               "languages": sorted({r.language for r in records})}
     manifest = _existing(out_dir)
-    manifest.update({"name": name or Path(out_dir).name, "supervisor": supervisor_ref(sup).to_dict(),
+    manifest.update({"name": name or Path(out_dir).name, "supervisor": sup.to_dict(),
                      "features": features.to_dict(), "sae": sae_dict,
                      "sae_training": {**summary, **{k: v for k, v in metrics.items() if k != "history"}},
                      "ranker": None, "calibration": None})
     artifact.write_manifest(out_dir, manifest)
     return manifest
+
+
+def plan_line_states(records: Sequence[Record], out_dir: Path, sup: artifact.SupervisorRef, *,
+                     features: FeatureConfig = FeatureConfig(), mutations: int = 2,
+                     fine_mutations: bool = False, seed: int = 0, holdout: float | None = 0.2,
+                     max_records: int | None = None, sources: Sequence[Path] = (),
+                     settings: shards.ExtractSettings = shards.ExtractSettings()) -> dict[str, Any]:
+    """``ptbot extract``'s first step: the texts and pairs ``pretrain`` would read from these
+    records with these arguments, cut into shard plans (``analyzer.shards.write_plan``)."""
+    records = pretraining_records(records, holdout, seed, max_records)
+    texts, pairs = pretraining_plan(records, mutations, seed, fine_mutations)
+    selection = {"holdout": holdout, "max_records": max_records, "mutations": mutations,
+                 "fine_mutations": fine_mutations, "seed": seed}
+    return shards.write_plan(out_dir, texts, pairs, supervisor=sup, features=features,
+                             selection=selection, records=len(records), sources=sources,
+                             settings=settings)
+
+
+def pretrain_from_shards(shards_dir: Path, out_dir: Path, *, expect: artifact.SupervisorRef | None = None,
+                         sae_cfg: dict[str, Any] | None = None, seed: int = 0, progress: bool = True,
+                         name: str | None = None) -> dict[str, Any]:
+    """Stage 1 on line states written by ``ptbot extract`` (``analyzer.shards``), no supervisor run.
+
+    The shards fix what ``pretrain`` would choose from its arguments (records, holdout,
+    mutations, features, supervisor and layer); ``expect`` (the supervisor the caller asked
+    for) must match the one the shards were read with.
+    """
+    x, pt, info = shards.read_states(Path(shards_dir), expect=expect)
+    sel = info["selection"]
+    summary = {"records": info["counts"]["records"], "holdout": sel["holdout"],
+               "texts": info["counts"]["texts"], "lines": int(x.shape[0]), "pairs": int(pt.shape[0]),
+               "mutations_per_snippet": sel["mutations"], "languages": info["counts"]["languages"],
+               "shards": {"dir": str(shards_dir), "plan_sha256": info["plan_sha256"]}}
+    return _train_stage1(x, pt, out_dir, artifact.SupervisorRef(**info["supervisor"]),
+                         FeatureConfig(**info["features"]), summary, sae_cfg=sae_cfg, seed=seed,
+                         progress=progress, name=name)
 
 
 def _existing(model_dir: Path) -> dict[str, Any]:

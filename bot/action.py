@@ -247,6 +247,21 @@ class WorkflowPullRequest:
                     commit_sha: str | None = None) -> PostedReview:
         return self.api.post_review(body, comments, commit_sha)
 
+    def bot_login(self) -> str:
+        return self.api.bot_login()
+
+    def review_threads(self) -> list[Any]:
+        return self.api.review_threads()
+
+    def resolve_thread(self, thread_id: str) -> None:
+        self.api.resolve_thread(thread_id)
+
+    def review_summaries(self) -> list[Any]:
+        return self.api.review_summaries()
+
+    def minimize_comment(self, node_id: str, classifier: str = "OUTDATED") -> None:
+        self.api.minimize_comment(node_id, classifier)
+
     def create_check_run(self, **kwargs: Any) -> int:
         self._keep(kwargs)
         return 0

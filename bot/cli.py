@@ -104,6 +104,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
     \b
     Train your own model (see README):
       ptbot mine-repo REPO --out DIR                   pretraining data from git history
+      ptbot extract DATA.jsonl... --out STATES         line states in shards (pretrain --shards)
       ptbot pretrain DATA.jsonl... --out MODEL_DIR     stage 1: contrastive sparse autoencoder
       ptbot bind DATA.jsonl... --model MODEL_DIR       stage 2: ranker + calibration
       ptbot eval TEST.jsonl... --train TRAIN.jsonl     compare with every baseline
@@ -141,8 +142,10 @@ def cli(ctx: click.Context, verbose: int) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--model", metavar="MODEL_DIR", help="Model directory (default: PTBOT_MODEL or built-in).")
 @click.option("--top", "top_k", type=click.IntRange(min=1), help="Show only the K riskiest lines.")
+@click.option("--explain", is_flag=True, help="Text format: show each line's strongest SAE latents "
+              "(labelled ones by name; see `ptbot features`).")
 @click.pass_context
-def score(ctx, file, lines_spec, language, fmt, model, top_k):
+def score(ctx, file, lines_spec, language, fmt, model, top_k, explain):
     """Rank the lines of one FILE (or - for stdin) by the probability that they need an edit."""
     from analyzer.languages import language_for_path
     from analyzer.types import Report, ScoreRequest, Skipped
@@ -175,7 +178,7 @@ def score(ctx, file, lines_spec, language, fmt, model, top_k):
     report, _ = rank_report(scorer, Plan(req, tuple(skipped), 0, {}), ReviewLimits(top_k=top_k))
     if text is not None and not report.lines:
         report = Report(report.model, (), (Skipped(path, "no scorable lines (blank or punctuation only)"),))
-    _write(render_report(report, fmt), None)
+    _write(render_report(report, fmt, explain=explain), None)
 
 
 # ------------------------------------------------------------------------------------ review
@@ -195,8 +198,10 @@ def score(ctx, file, lines_spec, language, fmt, model, top_k):
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
 @click.option("--output", "-o", metavar="FILE", help="Write the result here instead of stdout.")
 @click.option("--model", metavar="MODEL_DIR", help="Model directory (default: PTBOT_MODEL or built-in).")
+@click.option("--explain", is_flag=True, help="Text format: show each line's strongest SAE latents "
+              "(labelled ones by name; see `ptbot features`).")
 @click.pass_context
-def review(ctx, repo, base, head, diff_file, top_k, min_probability, fmt, output, model):
+def review(ctx, repo, base, head, diff_file, top_k, min_probability, fmt, output, model, explain):
     """Rank the added and changed lines of a change, riskiest first.
 
     \b
@@ -248,7 +253,8 @@ def review(ctx, repo, base, head, diff_file, top_k, min_probability, fmt, output
     coverage = Coverage(scored=n_scored, candidates=max(plan.candidates, n_scored),
                         skipped=report.skipped, scope="changed")
     changed = {r.path: set(r.lines or ()) for r in plan.requests}
-    _write(render_report(report, fmt, files=plan.texts, changed=changed, coverage=coverage), output)
+    _write(render_report(report, fmt, files=plan.texts, changed=changed, coverage=coverage, explain=explain),
+           output)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -291,9 +297,12 @@ def _state_cache(ctx: click.Context, sup):
 
 
 @cli.command()
-@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Model directory to create (resumes from its checkpoints if interrupted).")
+@click.option("--shards", "shards_dir", type=click.Path(file_okay=False, exists=True),
+              help="Train on line states made by `ptbot extract` instead of DATA (no supervisor run; "
+                   "records, mutations, dev split, supervisor and layer are those of the extraction).")
 @click.option("--supervisor", default="smollm2", show_default=True,
               help="Supervisor LLM: smollm2, gemma3-270m, a hub id, a local dir or a .gguf file.")
 @click.option("--layer", type=click.IntRange(min=1), help="Decoder block to probe (default: ceil(L/4)).")
@@ -311,20 +320,29 @@ def _state_cache(ctx: click.Context, sup):
 @click.option("--name", help="Model name recorded in the manifest (default: the directory name).")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
-def pretrain(ctx, data, out_dir, supervisor, layer, languages, mutations, fine_mutations, latents,
+def pretrain(ctx, data, out_dir, shards_dir, supervisor, layer, languages, mutations, fine_mutations, latents,
              topk, contrastive_weight, epochs, dev_fraction, max_records, name, seed):
     """Stage 1: train the contrastive TopK sparse autoencoder on DATA (JSONL, shared schema).
 
     Every record gives its buggy code and its fixed version, paired line by line; clean code also
     gets MUTATIONS mutated copies (two lines swapped, a line from another snippet, a line deleted).
+
+    \b
+    With line states read beforehand (on GPU workers, say):
+      ptbot extract DATA.jsonl... --out states/ --queue
+      ptbot pretrain --shards states/ --out MODEL_DIR
     """
     from analyzer.train import pretrain as run
 
+    sae = {k: v for k, v in {"n_latents": latents, "k": topk, "contrastive_weight": contrastive_weight,
+                             "epochs": epochs}.items() if v is not None}
+    if shards_dir:
+        return _pretrain_from_shards(ctx, data, shards_dir, out_dir, sae, name, seed)
+    if not data:
+        raise _fail("give DATA.jsonl file(s) to train on, or --shards DIR made by `ptbot extract`")
     langs = [x.strip() for x in languages.split(",")] if languages else None
     recs = _records(data, langs)
     sup = _load_supervisor(_settings(ctx), supervisor, layer)
-    sae = {k: v for k, v in {"n_latents": latents, "k": topk, "contrastive_weight": contrastive_weight,
-                             "epochs": epochs}.items() if v is not None}
     try:
         manifest = run(sup, recs, Path(out_dir), sae_cfg=sae, mutations=mutations,
                        fine_mutations=fine_mutations, seed=seed, cache=_state_cache(ctx, sup),
@@ -389,7 +407,7 @@ def bind(ctx, data, model_dir, languages, dev_fraction, calibration, temperature
 
 
 @cli.command("mine-repo")
-@click.argument("repo")
+@click.argument("repo", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output directory for JSONL shards + manifest.json.")
 @click.option("--rev", default="HEAD", show_default=True, help="Revision (range) to walk.")
@@ -406,8 +424,14 @@ def bind(ctx, data, model_dir, languages, dev_fraction, calibration, temperature
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out without duplicates.")
 @click.option("--name", help="Repository name recorded in meta (default: from the path or URL).")
+@click.option("--queue", is_flag=True,
+              help="Mine on Celery workers (cpu queue, Redis at PTBOT_REDIS_URL): one task per range of "
+                   "commits, merged here; accepts several REPOs. Workers must see REPO and --out at the "
+                   "same path (shared file system) or REPO as a URL they can clone.")
+@click.option("--range-commits", default=500, show_default=True, type=click.IntRange(1, 1500),
+              help="Commits per task with --queue (keep a task under the worker's time limit).")
 def mine_repo_cmd(repo, out_dir, rev, since, until, max_commits, languages, include, exclude,
-                  mutations, fine_mutations, seed, workers, resume, name):
+                  mutations, fine_mutations, seed, workers, resume, name, queue, range_commits):
     """Turn REPO's git history into contrastive pretraining data.
 
     REPO is a work tree, a bare repository or a clone URL. Bug-fix commits (message cues and
@@ -417,15 +441,28 @@ def mine_repo_cmd(repo, out_dir, rev, since, until, max_commits, languages, incl
     \b
       ptbot mine-repo ~/src/project --out mined/project --mutations 2
       ptbot pretrain mined/project/*.jsonl --out my-model
+    \b
+    Scale out (start `ptbot worker --queues cpu --training-only` where /data is mounted too):
+      ptbot mine-repo /data/a /data/b --out /data/mined --queue
+    The queued output equals a local run's; several repositories are merged in the order given,
+    duplicates dropped across them.
     """
     from miners.mine import MineConfig, MiningError, mine_repo
 
+    if len(repo) > 1 and not queue:
+        raise _fail("several repositories need --queue (or mine each into its own --out)")
+    if len(repo) > 1 and name:
+        raise _fail("--name names one repository; leave it out when mining several")
     try:
-        manifest = mine_repo(MineConfig(
-            repo=repo, out=Path(out_dir), name=name, rev=rev, since=since, until=until,
+        configs = [MineConfig(
+            repo=r, out=Path(out_dir), name=name, rev=rev, since=since, until=until,
             max_commits=max_commits, languages=tuple(languages), include=tuple(include),
             exclude=tuple(exclude), mutations=mutations, fine_mutations=fine_mutations, seed=seed,
-            workers=workers, resume=resume), progress=True)
+            workers=workers, resume=resume) for r in repo]
+        if queue:
+            manifest = _mine_on_queue(configs, resume, range_commits)
+        else:
+            manifest = mine_repo(configs[0], progress=True)
     except (ValueError, MiningError) as e:
         raise _fail(str(e)) from e
     click.echo(json.dumps(manifest.to_dict(), indent=2))
@@ -477,12 +514,18 @@ def serve(ctx, host, port, eager):
 @click.option("--concurrency", default=1, show_default=True, type=click.IntRange(min=1),
               help="Worker processes (each gpu process holds its own copy of the model).")
 @click.option("--beat", is_flag=True, help="Also run the scheduler that harvests reviewers' reactions.")
+@click.option("--training-only", is_flag=True,
+              help="A worker for `mine-repo --queue` (cpu) and `extract --queue` (gpu) only: no GitHub App "
+                   "credentials, no model preloaded. Give it its own Redis (PTBOT_REDIS_URL) if the App "
+                   "uses one: the queues are shared.")
 @click.pass_context
-def worker(ctx, queues, concurrency, beat):
+def worker(ctx, queues, concurrency, beat, training_only):
     """Run a Celery worker for the GitHub App's reviews (Redis at PTBOT_REDIS_URL).
 
     Reviewer feedback (reactions, resolutions, follow-up edits) is recorded in the label store at
     PTBOT_DATABASE_URL; run exactly one worker with --beat (or a separate `celery beat`).
+    Workers also run `mine-repo --queue` ranges and `extract --queue` shards; they must see the
+    repositories and output directories at the producer's paths.
     """
     from workers.celery_app import WorkerConfig, enable_feedback, make_celery, worker_argv
 
@@ -491,13 +534,15 @@ def worker(ctx, queues, concurrency, beat):
     if not names or names - {"cpu", "gpu"}:
         raise click.BadParameter("use cpu, gpu or cpu,gpu", param_hint="--queues")
     try:
-        settings.require_app()
+        if not training_only:
+            settings.require_app()
         argv = worker_argv(queues, concurrency,
                            "DEBUG" if ctx.find_root().params.get("verbose", 0) >= 2 else "INFO")
     except ValueError as e:
         raise _fail(str(e)) from e
-    app = make_celery(settings, WorkerConfig(preload_scorer="gpu" in names))
-    enable_feedback(app, settings.database_url)
+    app = make_celery(settings, WorkerConfig(preload_scorer="gpu" in names and not training_only))
+    if not training_only:
+        enable_feedback(app, settings.database_url)
     app.worker_main(argv + (["--beat"] if beat else []))
 
 
@@ -535,9 +580,14 @@ def _model_dir_or_default(settings: Settings, model: str | None) -> Path | None:
 @click.option("--ranker-epochs", type=click.IntRange(min=1), help="Maximum ranker epochs (pttrust, probe).")
 @click.option("--snippet-auroc/--no-snippet-auroc", default=True, show_default=True,
               help="Also read each test record's fixed version, as a clean snippet for snippet-level AUROC.")
+@click.option("--layer", type=click.IntRange(min=1),
+              help="Probe this decoder layer of the supervisor (PTBOT_SUPERVISOR) instead of a model's: "
+                   "for layer sweeps of the SAE-free methods (probe, length, ...); pttrust needs --model.")
+@click.option("--supervisor", metavar="NAME", help="With --layer: the supervisor LLM to probe (smollm2, "
+              "gemma3-270m, a hub id, a local dir or a .gguf file; default smollm2).")
 @click.pass_context
 def eval_cmd(ctx, tests, train_files, methods, model, json_out, plots_dir, seeds, boot, dev_fraction,
-             ranker_epochs, snippet_auroc):
+             ranker_epochs, snippet_auroc, layer, supervisor):
     """Compare PtTrust with the baselines on each TEST file (JSONL, shared schema).
 
     \b
@@ -570,9 +620,20 @@ def eval_cmd(ctx, tests, train_files, methods, model, json_out, plots_dir, seeds
     train = _records(train_paths) if train_paths else []
     test_sets = {Path(p).stem: _records([p]) for p in tests}
     cache_root = Path(settings.cache_dir).expanduser()
+    sup_cfg = _supervisor_config(settings)
+    model_dir = _model_dir_or_default(settings, model)
+    if supervisor and layer is None:
+        raise click.UsageError("--supervisor goes with --layer (a model directory names its own supervisor)")
+    if layer is not None:
+        if model:
+            raise click.UsageError("--layer probes the bare supervisor; it cannot be combined with --model "
+                                   "(a model fixes its layer)")
+        if "pttrust" in cfg.methods:
+            raise click.UsageError("pttrust needs a model's SAE, which is trained at one layer; drop it "
+                                   "from --methods when sweeping --layer")
+        model_dir, sup_cfg = None, replace(sup_cfg, layer=layer, **({"model": supervisor} if supervisor else {}))
     try:
-        report = run_eval(train, test_sets, cfg, model_dir=_model_dir_or_default(settings, model),
-                          supervisor=_supervisor_config(settings), cache_root=cache_root)
+        report = run_eval(train, test_sets, cfg, model_dir=model_dir, supervisor=sup_cfg, cache_root=cache_root)
     except (ArtifactError, SupervisorError, ValueError) as e:
         raise _fail(str(e)) from e
     doc = report.to_json()
@@ -867,6 +928,131 @@ def model_rollback(home):
     except ArtifactError as e:
         raise _fail(str(e)) from e
     click.echo(f"serving {version}")
+
+
+# ---------------------------------------------------------------- scale-out: queue + shards
+
+
+def _mine_on_queue(configs, resume: bool, range_commits: int):
+    """``mine-repo --queue``: ranges on the cpu queue, merged into --out here."""
+    from workers.celery_app import make_producer
+    from workers.scaleout import ScaleOutError, mine_on_queue
+
+    click.echo(f"mining {len(configs)} repositor{'y' if len(configs) == 1 else 'ies'} on the cpu queue "
+               "(workers: `ptbot worker --queues cpu --training-only`)", err=True)
+    try:
+        return mine_on_queue(make_producer(_settings(click.get_current_context())), configs,
+                             range_commits=range_commits, resume=resume)
+    except ScaleOutError as e:
+        raise _fail(str(e)) from e
+
+
+def _pretrain_from_shards(ctx: click.Context, data, shards_dir: str, out_dir: str, sae: dict, name, seed):
+    """``pretrain --shards``: stage 1 on line states from ``ptbot extract``."""
+    from click.core import ParameterSource
+
+    from analyzer.artifact import ArtifactError
+    from analyzer.shards import ShardError, read_manifest
+    from analyzer.train import pretrain_from_shards, supervisor_ref
+
+    if data:
+        raise _fail("give DATA or --shards, not both (the shards already fix the records)")
+    fixed = [f"--{n.replace('_', '-')}" for n in ("languages", "mutations", "fine_mutations", "dev_fraction",
+                                                  "max_records")
+             if ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)]
+    try:
+        manifest = read_manifest(Path(shards_dir))
+    except ShardError as e:
+        raise _fail(str(e)) from e
+    if fixed:
+        raise _fail(f"{', '.join(fixed)}: fixed when the shards were extracted ({manifest['selection']}); "
+                    "run `ptbot extract` again to change them")
+    expect = None
+    # An explicit --supervisor/--layer is checked against the shards; by default they name theirs.
+    if any(ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None) for n in ("supervisor", "layer")):
+        params = ctx.params
+        sup = _load_supervisor(_settings(ctx), params["supervisor"], params["layer"])
+        expect = supervisor_ref(sup)
+    try:
+        result = pretrain_from_shards(Path(shards_dir), Path(out_dir), expect=expect, sae_cfg=sae, seed=seed,
+                                      name=name)
+    except (ShardError, ArtifactError, ValueError) as e:
+        raise _fail(str(e)) from e
+    t = result["sae_training"]
+    click.echo(f"SAE trained on {t['lines']:,} lines ({t['pairs']:,} pairs) from {shards_dir}: "
+               f"fvu {t.get('fvu', float('nan')):.3f}, dead {t.get('dead_fraction', 0):.1%}; "
+               f"wrote {out_dir}", err=True)
+
+
+@cli.command("extract")
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for manifest.json, plan/ and shard-NNNNN.safetensors (rerun to resume).")
+@click.option("--supervisor", default="smollm2", show_default=True,
+              help="Supervisor LLM: smollm2, gemma3-270m, a hub id, a local dir or a .gguf file.")
+@click.option("--layer", type=click.IntRange(min=1), help="Decoder block to probe (default: ceil(L/4)).")
+@click.option("--languages", help="Only records of these languages (comma-separated).")
+@click.option("--mutations", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Mutated copies per clean snippet, as `ptbot pretrain` makes them.")
+@click.option("--fine-mutations", is_flag=True, help="Also use operator-level mutations.")
+@click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Leave out the problems `ptbot bind` will hold out (as pretrain does).")
+@click.option("--max-records", type=click.IntRange(min=1), help="Use a seeded random subset of the records.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the mutations, split and subset.")
+@click.option("--shard-size", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Texts per shard (one gpu task each with --queue: keep it under the worker's time "
+                   "limit, 300 s by default). A multiple of 64 reads in the very batches pretrain uses.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Stored precision of the states (float16: half the disk, pretrain no longer bit-equal).")
+@click.option("--queue", is_flag=True,
+              help="Read the shards on Celery workers (gpu queue, Redis at PTBOT_REDIS_URL); workers must "
+                   "see --out at the same path and be able to load the supervisor.")
+@click.pass_context
+def extract_cmd(ctx, data, out_dir, supervisor, layer, languages, mutations, fine_mutations, dev_fraction,
+                max_records, seed, shard_size, dtype, queue):
+    """Compute the line states `ptbot pretrain` would read from DATA, into safetensors shards.
+
+    The texts are those pretrain makes (records minus bind's dev problems, fixed + buggy versions,
+    MUTATIONS mutated copies); every scorable line's state at the supervisor's layer is stored with
+    its text, line, record, wrong-line label and the contrastive pairs. Then:
+
+    \b
+      ptbot extract data/*.jsonl --out states/ --queue     (gpu workers: ptbot worker --queues gpu --training-only)
+      ptbot pretrain --shards states/ --out my-model
+    """
+    from tqdm import tqdm
+
+    from analyzer.shards import ExtractSettings, ShardError, extract_shard, finish, pending_shards
+    from analyzer.train import plan_line_states, supervisor_ref
+
+    langs = [x.strip() for x in languages.split(",")] if languages else None
+    recs = _records(data, langs)
+    sup = _load_supervisor(_settings(ctx), supervisor, layer)
+    out = Path(out_dir)
+    try:
+        manifest = plan_line_states(recs, out, supervisor_ref(sup), mutations=mutations,
+                                    fine_mutations=fine_mutations, seed=seed, holdout=dev_fraction or None,
+                                    max_records=max_records, sources=[Path(p) for p in data],
+                                    settings=ExtractSettings(shard_size=shard_size, dtype=dtype))
+        todo = pending_shards(out)
+        click.echo(f"{manifest['counts']['texts']:,} texts of {manifest['counts']['records']:,} records in "
+                   f"{len(manifest['shards'])} shard(s), {len(todo)} to read", err=True)
+        if queue:
+            from workers.celery_app import make_producer
+            from workers.scaleout import ScaleOutError, extract_on_queue
+
+            try:
+                manifest = extract_on_queue(make_producer(_settings(ctx)), out)
+            except ScaleOutError as e:
+                raise _fail(str(e)) from e
+        else:
+            cache = _state_cache(ctx, sup)
+            for i in tqdm(todo, desc="shards", unit="shard", file=sys.stderr, disable=not todo):
+                extract_shard(sup, out, i, cache=cache, progress=True)
+            manifest = finish(out)
+    except (ShardError, ValueError) as e:
+        raise _fail(str(e)) from e
+    click.echo(json.dumps({k: manifest[k] for k in ("complete", "counts", "supervisor", "dtype")}, indent=2))
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -1,19 +1,23 @@
 """Everything ptbot asks of the GitHub REST API, through PyGithub (the only module importing it).
 
 ``GitHubApp`` turns the App's id and key into installation-scoped clients (JWT -> installation
-token, refreshed by PyGithub before it expires). ``GitHubPullRequest`` is one PR as the review
+token, kept in a ``bot.token_cache.TokenCache`` that every worker shares and re-minted when less
+than five minutes are left or GitHub answers 401). ``GitHubPullRequest`` is one PR as the review
 pipeline needs it: FileDiffs parsed from the API's per-file patches (no clone, so forks work),
 file text at a SHA, commits with their own patches, the fingerprints ptbot already posted, one
-review posted with validated anchors, and a check run.
+review posted with validated anchors, and a check run; over GraphQL, the review threads and
+review summaries that ``bot.cleanup`` resolves and minimises (GraphQL has ``isResolved``, REST not).
 
 Rate limits (github-bot.md §3.9): PyGithub's own retry and throttling are switched off and done
 here instead, so they are bounded and shared per installation: writes of one installation go
-one at a time at least ``seconds_between_writes`` apart, and 403/429/5xx answers are retried
+one at a time at least ``seconds_between_writes`` apart (``WriteGate`` in one process,
+``bot.write_gate.RedisWriteGate`` across worker processes), and 403/429/5xx answers are retried
 after ``retry-after``, ``x-ratelimit-reset`` or an exponential backoff with jitter.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import random
 import re
@@ -21,14 +25,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from github import Auth, Github, GithubException, GithubIntegration
 
 from analyzer.diff import parse_diff
 from analyzer.types import FileDiff
+from bot.attestations import MAX_TRACE_BYTES, NOTES_REF, TRACE_PATH, commit_line_marks
+from bot.cleanup import ReviewSummary, ReviewThread
 from bot.config import RepoConfig, Settings
 from bot.provenance import CommitInfo, LineProvenance, Person, attribute_lines, pull_request_ai_reason
+from bot.token_cache import CachedToken, MemoryTokenCache, TokenCache, token_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -128,19 +135,78 @@ class WriteGate:
                 self._last = time.monotonic()
 
 
+class Gate(Protocol):
+    """What ``GitHubApp`` needs of one installation's write gate: ``WriteGate`` (this process)
+    or ``bot.write_gate.RedisWriteGate`` (every worker process)."""
+
+    def defer(self, seconds: float) -> None:
+        """Hold every write of the installation for ``seconds`` (a rate limit applies to all)."""
+        ...
+
+    def run(self, fn: Callable[[], T], sleep: Callable[[float], None]) -> T:
+        """Run one write when its turn comes."""
+        ...
+
+
+_TOKEN_IN_TEXT = re.compile(r'("token"\s*:\s*")[^"]+(")')
+
+
+class _RedactTokens(logging.Filter):
+    """PyGithub logs response bodies at DEBUG, and the access-token answer carries the token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and '"token"' in a for a in record.args):
+            record.args = tuple(_TOKEN_IN_TEXT.sub(r"\1(removed)\2", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
+logging.getLogger("github.Requester").addFilter(_RedactTokens())
+
+
+class _InstallationAuth(Auth.Auth):
+    """PyGithub auth that asks the App for a usable installation token on every request, so a
+    client (and every Repository or PullRequest object it made) follows refreshes and re-mints."""
+
+    def __init__(self, app: GitHubApp, installation_id: int) -> None:
+        self._app, self._installation_id = app, installation_id
+
+    @property
+    def token_type(self) -> str:
+        return "token"
+
+    @property
+    def token(self) -> str:
+        return self._app.installation_token(self._installation_id).token
+
+    @property
+    def _masked_token(self) -> str:
+        return "token (installation token removed)"
+
+
 class GitHubApp:
     """The App's identity on one GitHub host: installation clients and their write gates.
 
     One per process (the composition root builds it); gates are shared by every PR of an
-    installation handled in this process.
+    installation handled in this process. ``token_cache`` (default: this process only) is where
+    installation tokens are kept, ``write_gate(installation_id)`` (default: ``WriteGate``) makes
+    each installation's gate; workers pass Redis-backed ones so every process shares both.
     """
 
     def __init__(self, app_id: str, private_key: str, api_url: str = "https://api.github.com", *,
                  seconds_between_writes: float = 1.0, retry: RetryPolicy | None = None,
-                 sleep: Callable[[float], None] = time.sleep, timeout: int = 15) -> None:
+                 sleep: Callable[[float], None] = time.sleep, timeout: int = 15,
+                 token_cache: TokenCache | None = None,
+                 write_gate: Callable[[int], Gate] | None = None) -> None:
         if not app_id or not private_key:
             raise ValueError("a GitHub App id and private key are needed: set PTBOT_APP_ID and "
                              "PTBOT_PRIVATE_KEY (or PTBOT_PRIVATE_KEY_FILE)")
+        self.app_id = str(app_id).strip()
+        self.token_cache: TokenCache = token_cache if token_cache is not None else MemoryTokenCache()
+        self._gate_factory = write_gate or (lambda _installation: WriteGate(self.seconds_between_writes))
+        self._held: dict[int, CachedToken] = {}
+        """The token each installation's requests use now (checked before the shared cache)."""
+        self._token_lock = threading.Lock()
         self.api_url = api_url.rstrip("/")
         self.retry = retry or RetryPolicy()
         self.seconds_between_writes = seconds_between_writes
@@ -152,7 +218,7 @@ class GitHubApp:
         self._integration = GithubIntegration(auth=Auth.AppAuth(int(app_id), private_key),
                                               **self._client_kwargs)
         self._clients: dict[int, Github] = {}
-        self._gates: dict[int, WriteGate] = {}
+        self._gates: dict[int, Gate] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -163,21 +229,69 @@ class GitHubApp:
                    seconds_between_writes=settings.seconds_between_writes, **kwargs)
 
     def client(self, installation_id: int) -> Github:
-        """A PyGithub client acting as the installation (token minted lazily, auto-refreshed)."""
+        """A PyGithub client acting as the installation (each request asks ``installation_token``)."""
         with self._lock:
             if installation_id not in self._clients:
-                self._clients[installation_id] = self._integration.get_github_for_installation(installation_id)
-                self._gates[installation_id] = WriteGate(self.seconds_between_writes)
+                self._clients[installation_id] = Github(auth=_InstallationAuth(self, installation_id),
+                                                        **self._client_kwargs)
+                self._gates[installation_id] = self._gate_factory(installation_id)
             return self._clients[installation_id]
 
+    def installation_token(self, installation_id: int) -> CachedToken:
+        """A token with more than five minutes left: the one in use, else the shared cache's (another
+        worker minted it), else a new one minted with the App's JWT and put in the cache."""
+        with self._token_lock:
+            held = self._held.get(installation_id)
+            if held is not None and held.usable(time.time()):
+                return held
+            key = token_key(self.api_url, self.app_id, installation_id)
+            token = self.token_cache.get(key)
+            if token is None:
+                token = self._mint(installation_id)
+                self.token_cache.put(key, token)
+            self._held[installation_id] = token
+            return token
+
+    def _mint(self, installation_id: int) -> CachedToken:
+        """POST /app/installations/{id}/access_tokens with the App's JWT."""
+        from datetime import timezone
+
+        auth = self._integration.get_access_token(installation_id)
+        expires = auth.expires_at
+        if expires.tzinfo is None:  # GitHub's timestamps are UTC ("...Z")
+            expires = expires.replace(tzinfo=timezone.utc)
+        log.info("minted an installation token for installation %s (expires %s)", installation_id,
+                 expires.isoformat())
+        return CachedToken(auth.token, expires.timestamp())
+
+    def _forget_token(self, installation_id: int) -> bool:
+        """Drop the token in use (GitHub answered 401 with it); False if there was none."""
+        with self._token_lock:
+            held = self._held.pop(installation_id, None)
+        if held is None:
+            return False
+        self.token_cache.drop(token_key(self.api_url, self.app_id, installation_id), held.token)
+        return True
+
     def call(self, installation_id: int, fn: Callable[[], T], *, write: bool = False) -> T:
-        """Run ``fn`` (one or more API requests) with backoff; writes go through the gate."""
+        """Run ``fn`` (one or more API requests) with backoff; writes go through the gate.
+
+        A 401 means the token was revoked or expired early: it is dropped from the cache and
+        ``fn`` runs once more with a freshly minted one (the refused request changed nothing).
+        """
         self.client(installation_id)
         gate = self._gates[installation_id]
-        for attempt in range(self.retry.max_attempts):
+        reminted = False
+        attempt = 0
+        while attempt < self.retry.max_attempts:
             try:
                 return gate.run(fn, self.sleep) if write else fn()
             except GithubException as e:
+                if e.status == 401 and not reminted and self._forget_token(installation_id):
+                    log.warning("GitHub answered 401 with installation %s's token; minting a new one",
+                                installation_id)
+                    reminted = True
+                    continue
                 message = e.data.get("message", "") if isinstance(e.data, dict) else str(e.data or "")
                 delay = retry_delay(e.status, e.headers or {}, message, attempt, self.retry,
                                     time.time(), random.random())
@@ -191,10 +305,73 @@ class GitHubApp:
                     gate.defer(delay)  # the next attempt, and every other write, waits in the gate
                 else:
                     self.sleep(delay)
+                attempt += 1
         raise AssertionError("unreachable: the last attempt either returns or raises")
 
     def pull_request(self, installation_id: int, owner: str, repo: str, number: int) -> GitHubPullRequest:
         return GitHubPullRequest(self, installation_id, owner, repo, number)
+
+    def open_pulls_with_head(self, installation_id: int, owner: str, repo: str, sha: str, *,
+                             per_page: int = 100, max_pages: int = 30) -> list[dict[str, Any]]:
+        """The open PRs of ``owner/repo`` whose head is ``sha`` (API JSON), for a ``check_run``
+        event that came without ``pull_requests`` (fork PRs, github-bot.md §3.6).
+
+        ``GET /commits/{sha}/pulls`` first; GitHub may leave a fork's PR out of that answer too,
+        so then the repository's open PRs are paged through (at most ``max_pages``) for the SHA.
+        """
+        requester = self.client(installation_id).requester
+        base = f"/repos/{owner}/{repo}"
+
+        def matching(items: Any) -> list[dict[str, Any]]:
+            return [p for p in items or [] if isinstance(p, dict) and p.get("state", "open") == "open"
+                    and (p.get("head") or {}).get("sha") == sha]
+
+        try:
+            _, found = self.call(installation_id, lambda: requester.requestJsonAndCheck(
+                "GET", f"{base}/commits/{sha}/pulls", parameters={"per_page": 100}))
+        except GithubException as e:
+            if e.status not in (404, 422):  # an unknown SHA: fall through to the listing
+                raise
+            found = []
+        hits = matching(found)
+        for page in range(1, max_pages + 1):
+            if hits:
+                return hits
+            _, batch = self.call(installation_id, lambda page=page: requester.requestJsonAndCheck(
+                "GET", f"{base}/pulls", parameters={"state": "open", "per_page": per_page, "page": page}))
+            hits = matching(batch)
+            if not batch or len(batch) < per_page:
+                return hits
+        if not hits:
+            log.warning("%s/%s: no open PR with head %s in the first %d page(s) of open PRs",
+                        owner, repo, sha[:12], max_pages)
+        return hits
+
+    def complete_check_run(self, installation_id: int, owner: str, repo: str, run_id: int | None,
+                           head_sha: str, *, title: str, summary: str, conclusion: str = "neutral") -> int:
+        """Complete check run ``run_id`` (or create a completed one on ``head_sha`` when there is
+        none) outside any PR: a re-run whose PR could not be found still gets an answer."""
+        requester = self.client(installation_id).requester
+        params: dict[str, Any] = {"status": "completed", "conclusion": conclusion,
+                                  "output": {"title": title, "summary": summary[:65535]}}
+        if run_id:
+            url, verb = f"/repos/{owner}/{repo}/check-runs/{run_id}", "PATCH"
+        else:
+            url, verb = f"/repos/{owner}/{repo}/check-runs", "POST"
+            params.update(name=CHECK_RUN_NAME, head_sha=head_sha)
+        _, run = self.call(installation_id, lambda: requester.requestJsonAndCheck(verb, url, input=params),
+                           write=True)
+        return int(run["id"])
+
+    _bot_login: str | None = None
+
+    def login(self, installation_id: int) -> str:
+        """The login the App posts as, ``<slug>[bot]`` (``GET /app`` with the App's JWT; an
+        installation token cannot ask ``/user``), fetched once per process."""
+        if self._bot_login is None:
+            slug = self.call(installation_id, lambda: self._integration.get_app().slug)
+            self._bot_login = f"{slug}[bot]"
+        return self._bot_login
 
 
 class GitHubToken(GitHubApp):
@@ -226,6 +403,19 @@ class GitHubToken(GitHubApp):
                 self._clients[installation_id] = self._client
                 self._gates[installation_id] = WriteGate(self.seconds_between_writes)
             return self._client
+
+    def _forget_token(self, installation_id: int) -> bool:
+        return False  # a plain token cannot be re-minted: a 401 is final
+
+    def login(self, installation_id: int) -> str:
+        """Whoever the token belongs to (``github-actions[bot]`` for a workflow's token), from
+        GraphQL ``viewer``: ``GET /user`` refuses App-issued tokens."""
+        if self._bot_login is None:
+            requester = self.client(installation_id).requester
+            data = self.call(installation_id, lambda: run_graphql(
+                requester, graphql_url(self.api_url), "query { viewer { login } }", {}))
+            self._bot_login = str(data["viewer"]["login"])
+        return self._bot_login
 
 
 @dataclass(frozen=True)
@@ -304,6 +494,83 @@ def files_to_diffs(entries: Sequence[Any]) -> list[FileDiff]:
     return out
 
 
+class GraphQLError(Exception):
+    """GitHub answered a GraphQL request with an ``errors`` array (it does so with HTTP 200)."""
+
+    def __init__(self, errors: Sequence[Mapping[str, Any]]) -> None:
+        self.errors = list(errors)
+        self.types = {str(e.get("type") or "") for e in self.errors}
+        super().__init__("; ".join(f"{e.get('type') or 'ERROR'}: {e.get('message', '')}" for e in self.errors)
+                         or "GraphQL request failed")
+
+    @property
+    def forbidden(self) -> bool:
+        """The token lacks a permission (``Resource not accessible by integration``)."""
+        return "FORBIDDEN" in self.types
+
+
+def graphql_url(api_url: str) -> str:
+    """The GraphQL endpoint beside a REST base URL: ``https://api.github.com/graphql``, and
+    ``https://HOST/api/graphql`` for GitHub Enterprise Server (REST at ``https://HOST/api/v3``)."""
+    base = api_url.rstrip("/")
+    if base.endswith("/v3"):
+        base = base[: -len("/v3")]
+    return base + "/graphql"
+
+
+def run_graphql(requester: Any, url: str, query: str, variables: Mapping[str, Any]) -> dict[str, Any]:
+    """POST one GraphQL document through a PyGithub requester; its ``data``, or GraphQLError.
+
+    Non-2xx answers (401, a secondary rate limit's 403, 5xx) raise PyGithub's GithubException as
+    REST calls do, so ``GitHubApp.call`` retries them alike.
+    """
+    _, body = requester.requestJsonAndCheck("POST", url, input={"query": query, "variables": dict(variables)})
+    body = body or {}
+    if body.get("errors"):
+        raise GraphQLError(body["errors"])
+    return body.get("data") or {}
+
+
+_THREADS_QUERY = """
+query($owner: String!, $name: String!, $number: Int!, $cursor: String) {
+  repository(owner: $owner, name: $name) {
+    pullRequest(number: $number) {
+      reviewThreads(first: 100, after: $cursor) {
+        pageInfo { hasNextPage endCursor }
+        nodes {
+          id isResolved isOutdated path line
+          comments(first: 50) {
+            nodes { databaseId body author { login } reactionGroups { content reactors { totalCount } } }
+          }
+        }
+      }
+    }
+  }
+}"""
+
+_REVIEWS_QUERY = """
+query($owner: String!, $name: String!, $number: Int!, $cursor: String) {
+  repository(owner: $owner, name: $name) {
+    pullRequest(number: $number) {
+      reviews(first: 100, after: $cursor) {
+        pageInfo { hasNextPage endCursor }
+        nodes { id databaseId body isMinimized author { login } commit { oid } }
+      }
+    }
+  }
+}"""
+
+_RESOLVE_THREAD = """
+mutation($id: ID!) { resolveReviewThread(input: {threadId: $id}) { thread { id isResolved } } }"""
+
+_MINIMIZE = """
+mutation($id: ID!, $classifier: ReportedContentClassifiers!) {
+  minimizeComment(input: {subjectId: $id, classifier: $classifier}) {
+    minimizedComment { isMinimized minimizedReason }
+  }
+}"""
+
+
 @dataclass
 class GitHubPullRequest:
     """One pull request, read and reviewed as an App installation."""
@@ -317,6 +584,7 @@ class GitHubPullRequest:
     _pr: Any = field(default=None, repr=False)
     _files: list[FileDiff] | None = field(default=None, repr=False)
     _etags: dict[str, tuple[str, Any]] = field(default_factory=dict, repr=False)
+    _git_objects: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def full_name(self) -> str:
@@ -391,11 +659,107 @@ class GitHubPullRequest:
         return RepoConfig.from_toml(content.decoded_content.decode("utf-8"), defaults)
 
     def line_provenance(self, ai_labels: Sequence[str]) -> dict[tuple[str, int], LineProvenance]:
-        """Who wrote each added line of the PR: PR-level signals, else the introducing commit's."""
+        """Who wrote each added line of the PR: PR-level signals, else line attestations (git-ai
+        notes, Agent Trace), else the introducing commit's (precedence: ``attribute_lines``)."""
         pr = self.pull()
         pr_reason = pull_request_ai_reason(pr.head.ref, [lab.name for lab in pr.labels],
                                            pr.user.login if pr.user else None, ai_labels)
-        return attribute_lines(self.files(), self.commits(with_files=True), pr_reason=pr_reason)
+        commits = self.commits(with_files=True)
+        marks = None
+        if pr_reason is None:  # a PR-level signal outranks every line attestation: skip the reads
+            shas = [c.sha for c in commits]
+            marks = commit_line_marks(shas, self.ai_notes(shas), self.agent_traces())
+        return attribute_lines(self.files(), commits, pr_reason=pr_reason, line_marks=marks)
+
+    # --- line attestations, through the Git database API (the App never clones) --------------
+
+    def ai_notes(self, shas: Sequence[str]) -> dict[str, str]:
+        """The git-ai note (``refs/notes/ai``) of each commit in ``shas`` that has one.
+
+        Notes live where the commits were pushed, so a fork PR's are read from the fork. A note
+        is the blob named by the commit id in the notes commit's tree, or under git's fan-out
+        directories (``ab/cdef…``, ``ab/cd/ef…``), walked one level at a time so only the
+        directories on the way are fetched (a recursive listing of a big notes tree truncates).
+        """
+        repo = self._head_repo_name()
+        ref = self._git_get(f"/repos/{repo}/git/ref/{NOTES_REF.removeprefix('refs/')}")
+        target = (ref or {}).get("object") or {}
+        if target.get("type") != "commit":
+            return {}
+        notes_commit = self._git_get(f"/repos/{repo}/git/commits/{target['sha']}")
+        root = ((notes_commit or {}).get("tree") or {}).get("sha")
+        out: dict[str, str] = {}
+        for sha in shas if root else ():
+            blob = self._note_blob(repo, root, sha.lower())
+            if blob:
+                text = self._blob_text(repo, blob)
+                if text is not None:
+                    out[sha] = text
+        log.info("%s#%d: %d of %d commit(s) carry a git-ai note", self.full_name, self.number,
+                 len(out), len(shas))
+        return out
+
+    def agent_traces(self) -> str | None:
+        """``.agent-trace/traces.jsonl`` at the PR head, or None when there is none."""
+        repo = self._repo()
+        try:
+            content = self._call(lambda: repo.get_contents(TRACE_PATH, ref=self.head_sha))
+        except GithubException as e:
+            if e.status == 404:
+                return None
+            raise
+        if isinstance(content, list):
+            return None
+        if (content.size or 0) > MAX_TRACE_BYTES:
+            log.warning("%s#%d: %s is %d bytes, over %d; not read", self.full_name, self.number,
+                        TRACE_PATH, content.size, MAX_TRACE_BYTES)
+            return None
+        if content.encoding == "base64" and content.content:
+            return content.decoded_content.decode("utf-8", errors="replace")
+        # Above 1 MB the contents API leaves ``content`` empty; the blob API serves up to 100 MB.
+        return self._blob_text(self.full_name, content.sha)
+
+    def _head_repo_name(self) -> str:
+        head_repo = self.pull().head.repo  # None when the fork was deleted
+        return head_repo.full_name if head_repo is not None else self.full_name
+
+    def _git_get(self, url: str) -> Any:
+        """GET a Git database object, cached for this job; None when GitHub has none (404, or
+        409 for an empty repository)."""
+        if url not in self._git_objects:
+            requester = self.app.client(self.installation_id).requester
+            try:
+                _, data = self._call(lambda: requester.requestJsonAndCheck("GET", url))
+            except GithubException as e:
+                if e.status not in (404, 409):
+                    raise
+                data = None
+            self._git_objects[url] = data
+        return self._git_objects[url]
+
+    def _note_blob(self, repo: str, tree_sha: str, rest: str) -> str | None:
+        while True:
+            tree = self._git_get(f"/repos/{repo}/git/trees/{tree_sha}") or {}
+            if tree.get("truncated"):
+                log.warning("%s: notes tree %s listed only in part by GitHub", repo, tree_sha)
+            entries = {e.get("path"): e for e in tree.get("tree") or () if isinstance(e, dict)}
+            hit = entries.get(rest)
+            if hit and hit.get("type") == "blob":
+                return hit.get("sha")
+            sub = entries.get(rest[:2])
+            if not sub or sub.get("type") != "tree" or len(rest) <= 2:
+                return None
+            tree_sha, rest = sub["sha"], rest[2:]
+
+    def _blob_text(self, repo: str, blob_sha: str) -> str | None:
+        blob = self._git_get(f"/repos/{repo}/git/blobs/{blob_sha}")
+        if not blob or blob.get("encoding") != "base64":
+            return None
+        if (blob.get("size") or 0) > MAX_TRACE_BYTES:
+            log.warning("%s: blob %s is %d bytes, over %d; not read", repo, blob_sha, blob["size"],
+                        MAX_TRACE_BYTES)
+            return None
+        return base64.b64decode(blob.get("content") or "").decode("utf-8", errors="replace")
 
     def _get_json(self, url: str) -> Any:
         """GET with ``If-None-Match``: a 304 costs no rate limit and returns the cached body."""
@@ -522,6 +886,55 @@ class GitHubPullRequest:
         requester = self.app.client(self.installation_id).requester
         url = f"/repos/{self.full_name}/check-runs/{run_id}"
         self._call(lambda: requester.requestJsonAndCheck("PATCH", url, input=params), write=True)
+
+    # ----- GraphQL: ptbot's own threads and summaries (github-bot.md §3.8) -----------------
+
+    def graphql(self, query: str, variables: Mapping[str, Any] | None = None, *,
+                write: bool = False) -> dict[str, Any]:
+        """One GraphQL request as the installation, with the same retries as REST; mutations
+        are writes and go through the installation's write gate."""
+        requester = self.app.client(self.installation_id).requester
+        url = graphql_url(self.app.api_url)
+        return self._call(lambda: run_graphql(requester, url, query, variables or {}), write=write)
+
+    def bot_login(self) -> str:
+        """The login ptbot posts as on this installation."""
+        return self.app.login(self.installation_id)
+
+    def _pull_connection(self, query: str, connection: str) -> list[dict[str, Any]]:
+        """Every node of one of the PR's GraphQL connections, page by page."""
+        nodes: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            data = self.graphql(query, {"owner": self.owner, "name": self.repo, "number": self.number,
+                                        "cursor": cursor})
+            pr = (data.get("repository") or {}).get("pullRequest")
+            if pr is None:
+                raise GraphQLError([{"type": "NOT_FOUND", "message": f"{self.full_name}#{self.number} not found"}])
+            conn = pr[connection]
+            nodes.extend(conn.get("nodes") or [])
+            page = conn.get("pageInfo") or {}
+            if not page.get("hasNextPage") or not page.get("endCursor") or page["endCursor"] == cursor:
+                return nodes
+            cursor = page["endCursor"]
+
+    def review_threads(self) -> list[ReviewThread]:
+        """Every review thread of the PR, resolved or not (REST cannot tell ``isResolved``)."""
+        return [ReviewThread.from_graphql(n) for n in self._pull_connection(_THREADS_QUERY, "reviewThreads")]
+
+    def review_summaries(self) -> list[ReviewSummary]:
+        """Every review of the PR, oldest first, with its body and whether it is minimised."""
+        return [ReviewSummary.from_graphql(n) for n in self._pull_connection(_REVIEWS_QUERY, "reviews")]
+
+    def resolve_thread(self, thread_id: str) -> None:
+        """Resolve one thread (``PRRT_...``; a comment's ``PRRC_...`` id is not a thread id)."""
+        self.graphql(_RESOLVE_THREAD, {"id": thread_id}, write=True)
+        log.info("%s#%d: resolved review thread %s", self.full_name, self.number, thread_id)
+
+    def minimize_comment(self, node_id: str, classifier: str = "OUTDATED") -> None:
+        """Collapse a comment or review body in the UI (``minimizeComment``); nothing is deleted."""
+        self.graphql(_MINIMIZE, {"id": node_id, "classifier": classifier}, write=True)
+        log.info("%s#%d: minimised %s as %s", self.full_name, self.number, node_id, classifier)
 
 
 def _person(git_identity: dict[str, Any] | None, gh_user: dict[str, Any] | None) -> Person:

@@ -30,6 +30,8 @@ from pathlib import Path, PurePosixPath
 
 from analyzer.diff import DiffError, decode_diff
 from analyzer.types import FileDiff
+from bot.attestations import MAX_TRACE_BYTES, NOTES_REF, TRACE_PATH, commit_line_marks
+from bot.provenance import CommitInfo, LineProvenance, Person, attribute_lines
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +181,66 @@ class LocalRepo:
         if ".." in pure.parts or not pure.parts:
             raise RepoError(f"path outside the repository {self.root}: {path!r}")
         return pure.as_posix()
+
+    # --- provenance ----------------------------------------------------------------------------
+
+    def line_provenance(self, diff: RepoDiff) -> dict[tuple[str, int], LineProvenance]:
+        """Who wrote each added line of ``diff``, as the App decides it for a PR
+        (``bot.provenance.attribute_lines``): the commits between ``diff.base`` and its head
+        (HEAD for the working tree) replayed, with their trailers and authors, the git-ai notes
+        under ``refs/notes/ai`` and ``.agent-trace/traces.jsonl`` at the head. Lines changed
+        only in the working tree have no commit, so they count as not AI-authored.
+        """
+        commits = self.commits(diff.base, diff.head)
+        shas = [c.sha for c in commits]
+        raw = self.agent_traces(diff.head)
+        traces = raw.decode("utf-8", errors="replace") if raw is not None else None
+        marks = commit_line_marks(shas, self.ai_notes(shas), traces)
+        return attribute_lines(diff.files, commits, line_marks=marks)
+
+    def commits(self, base: str, head: str | None = None) -> list[CommitInfo]:
+        """The commits in ``base..head`` (head: HEAD when None) oldest first, each with its own
+        diff against its first parent; ``base`` may be the empty tree (every commit of head)."""
+        if not self._has_commits():
+            return []
+        head_sha = self.resolve(head or "HEAD")
+        base_is_commit = self._run(["rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"]).returncode == 0
+        spec = [f"{base}..{head_sha}"] if base_is_commit else [head_sha]
+        shas = self._check(["rev-list", "--reverse", "--topo-order", *spec, "--"]).decode().split()
+        out = []
+        for sha in shas:
+            fields = self._check(["show", "-s", "--format=%an%x00%ae%x00%cn%x00%ce%x00%P%x00%B",
+                                  sha]).decode("utf-8", errors="replace").split("\0", 5)
+            an, ae, cn, ce, parents, message = fields
+            parent = parents.split()[0] if parents.split() else self._empty_tree()
+            try:
+                files = decode_diff(self._check([*_DIFF, parent, sha, "--"])).files
+            except DiffError as e:
+                raise RepoError(f"could not parse the diff of commit {sha[:12]}: {e}") from e
+            out.append(CommitInfo(sha, message, Person(an, ae), Person(cn, ce), tuple(files)))
+        return out
+
+    def ai_notes(self, shas: list[str]) -> dict[str, str]:
+        """The git-ai note (``git notes --ref=ai``) of each commit in ``shas`` that has one."""
+        listing = self._run(["notes", f"--ref={NOTES_REF}", "list"])
+        if listing.returncode != 0:  # no notes ref: nothing to read
+            return {}
+        annotated = {line.split()[1] for line in listing.stdout.decode().splitlines() if len(line.split()) == 2}
+        out: dict[str, str] = {}
+        for sha in shas:
+            if sha in annotated:
+                p = self._run(["notes", f"--ref={NOTES_REF}", "show", sha])
+                if p.returncode == 0:
+                    out[sha] = p.stdout.decode("utf-8", errors="replace")
+        return out
+
+    def agent_traces(self, head: str | None = None) -> bytes | None:
+        """``.agent-trace/traces.jsonl`` at ``head`` (the working tree when None), if any."""
+        data = self.file_text(TRACE_PATH, head)
+        if data is not None and len(data) > MAX_TRACE_BYTES:
+            logger.warning("%s is %d bytes, over %d; not read", TRACE_PATH, len(data), MAX_TRACE_BYTES)
+            return None
+        return data
 
     # --- running git ---------------------------------------------------------------------------
 

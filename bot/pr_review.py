@@ -9,8 +9,9 @@ Three stages, so the expensive one can run on a GPU worker while GitHub I/O stay
 2. ``score``: the scorer ranks the planned lines (``bot.review.rank_report``).
 3. ``publish``: under a lock on the job key, skip what was already posted (content fingerprints
    in ptbot's own comments, and the review's own marker), pick at most ``top_k`` lines above
-   ``min_probability`` with at most ``per_file_cap`` per file, post ONE ``COMMENT`` review, and
-   complete the neutral check run with the same summary.
+   ``min_probability`` with at most ``per_file_cap`` per file, post ONE ``COMMENT`` review,
+   complete the neutral check run with the same summary, then resolve ptbot's stale threads and
+   minimise its replaced summaries from earlier heads (``bot.cleanup``; never deletes).
 
 Idempotency (github-bot.md §3.2): the job key is (installation, repo, PR, head SHA, model
 version). A finished key is remembered in the ``ReviewLedger``; a review carries a marker whose
@@ -32,6 +33,7 @@ from github import GithubException
 
 from analyzer.languages import language_for_path
 from analyzer.types import FileDiff, LineScore, Report, ScoreRequest, Skipped
+from bot.cleanup import ReviewSummary, ReviewThread, clean_up
 from bot.config import RepoConfig
 from bot.github import PostedReview, ReviewComment
 from bot.provenance import LineProvenance
@@ -75,6 +77,18 @@ class PullRequestAPI(Protocol):
     def create_check_run(self, **kwargs: Any) -> int: ...
 
     def update_check_run(self, run_id: int, **kwargs: Any) -> None: ...
+
+    # Cleanup of ptbot's own earlier output (``bot.cleanup``); failures there never fail a review.
+
+    def bot_login(self) -> str: ...
+
+    def review_threads(self) -> list[ReviewThread]: ...
+
+    def resolve_thread(self, thread_id: str) -> None: ...
+
+    def review_summaries(self) -> list[ReviewSummary]: ...
+
+    def minimize_comment(self, node_id: str, classifier: str = "OUTDATED") -> None: ...
 
 
 class FeedbackSink(Protocol):
@@ -471,6 +485,14 @@ def select_lines(report: Report, policy: Policy, already_posted: set[str],
     return chosen
 
 
+def current_flags(report: Report, policy: Policy, fingerprints: Mapping[tuple[str, int], str]) -> set[str]:
+    """Fingerprints of the lines ptbot still flags on this head: every scored line at or above
+    ``min_probability``. The ``top_k`` and per-file budgets are left out on purpose: a finding
+    pushed out of the budget by newer, riskier ones is not fixed, so its thread stays open."""
+    return {fingerprints[(ln.path, ln.line)] for ln in report.lines
+            if ln.probability >= policy.min_probability and (ln.path, ln.line) in fingerprints}
+
+
 def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: ReviewLedger, *,
             owner: str, lock_seconds: int = DEFAULT_LOCK_SECONDS,
             feedback: FeedbackSink | None = None) -> Outcome:
@@ -543,6 +565,9 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
         else:
             api.update_check_run(run_id, status="completed", conclusion="neutral",
                                  title=check.title, summary=check.summary)
+        # Only now that this head's review and check are up: tidy ptbot's threads and summaries
+        # of earlier heads (resolve / minimise, never delete). clean_up never raises.
+        clean_up(api, key.head_sha, current_flags(report, policy, fps), where=str(key))
         if feedback is not None:
             try:
                 feedback.record(key, scored, fps, posted_lines)

@@ -6,19 +6,24 @@ Two levels of evidence (exact strings: github-bot.md §4):
   people's names), agent bot logins (``…[bot]``) and noreply addresses as author or committer,
   aider's ``"<name> (aider)"`` author/committer suffix, a few agent-only trailers;
 * per pull request: an agent branch prefix (``copilot/``, ``codex/``…), a configured PR label,
-  or an agent bot as the PR author. These mark every added line.
+  or an agent bot as the PR author. These mark every added line;
+* per line: git-ai notes (``refs/notes/ai``) and Agent Trace records (``.agent-trace/traces.jsonl``)
+  attest single lines of one commit as AI or human (``bot.attestations``).
 
 ``attribute_lines`` replays the PR's commits (oldest first, each with its own patch) to find the
-commit that introduced each added line of the final diff. Standard library only.
+commit that introduced each added line of the final diff, and where the line stood in that
+commit's version of the file (attestations are numbered there). Standard library only.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from analyzer.types import FileDiff
+from bot.attestations import LineMarks
 
 # CHAOSS CoAuthorPattern.
 CO_AUTHOR_RE = re.compile(r"(?im)^co-authored-by:\s*([^<\n]*)<([^>\n]+)>")
@@ -155,19 +160,27 @@ def pull_request_ai_reason(head_ref: str, labels: Iterable[str], author_login: s
     return None
 
 
-def _replay(owners: dict[int, str], fd: FileDiff, sha: str) -> dict[int, str]:
-    """Carry line ownership (new line number -> commit) through one commit's diff of a file.
+class _Origin(NamedTuple):
+    """Where a line was born: the commit that added it, and its path and number in that commit."""
+
+    sha: str
+    path: str
+    line: int
+
+
+def _replay(owners: dict[int, _Origin], fd: FileDiff, sha: str) -> dict[int, _Origin]:
+    """Carry line ownership (new line number -> origin) through one commit's diff of a file.
 
     Lines outside hunks shift by the running offset; context lines keep their owner; deleted
-    lines vanish; added lines belong to ``sha``.
+    lines vanish; added lines are born in ``sha`` at their new line number.
     """
-    out: dict[int, str] = {}
+    out: dict[int, _Origin] = {}
     hunks = sorted(fd.hunks, key=lambda h: h.old_start)
     spans: list[tuple[int, int]] = []  # old line ranges covered by hunks
     for h in hunks:
         for ln in h.lines:
             if ln.kind == "+" and ln.new_lineno:
-                out[ln.new_lineno] = sha
+                out[ln.new_lineno] = _Origin(sha, fd.path, ln.new_lineno)
             elif ln.kind == " " and ln.old_lineno and ln.new_lineno and ln.old_lineno in owners:
                 out[ln.new_lineno] = owners[ln.old_lineno]
         spans.append((h.old_start, h.old_start + max(h.old_count, 0)))
@@ -186,14 +199,28 @@ def _replay(owners: dict[int, str], fd: FileDiff, sha: str) -> dict[int, str]:
 
 
 def attribute_lines(final_files: Sequence[FileDiff], commits: Sequence[CommitInfo], *,
-                    pr_reason: str | None = None) -> dict[tuple[str, int], LineProvenance]:
+                    pr_reason: str | None = None,
+                    line_marks: Mapping[str, LineMarks] | None = None,
+                    ) -> dict[tuple[str, int], LineProvenance]:
     """Provenance of every added line of the PR diff, keyed by ``(path, new line number)``.
 
-    ``commits`` are the PR's commits oldest first, each with its own ``files``. A line is AI
-    when the PR itself is (``pr_reason``) or its introducing commit is; a line no commit explains
-    (rewritten history, merge from the base branch) gets ``commit=None``.
+    ``commits`` are the PR's commits oldest first, each with its own ``files``; ``line_marks``
+    maps a commit id to the lines its attestations mark (``bot.attestations.commit_line_marks``),
+    numbered in that commit's version of the file. Precedence for one line, first match wins:
+
+    1. the PR is AI (``pr_reason``): AI, even where a line attestation says human (the PR's own
+       label or agent branch is the author's declaration for the whole change);
+    2. the introducing commit's attestation marks the line AI: AI, whatever the commit's author
+       and trailers look like (agents often commit under the human's name);
+    3. that attestation marks the line human (a git-ai ``h_`` key, an Agent Trace ``human``
+       contributor): human, even when the commit carries an AI trailer (the commit was mixed
+       and this line is the person's);
+    4. the introducing commit is AI (``commit_ai_reason``): AI;
+    5. otherwise human; a line no commit explains (rewritten history, merge from the base
+       branch) gets ``commit=None``.
     """
-    owners: dict[str, dict[int, str]] = {}
+    marks = line_marks or {}
+    owners: dict[str, dict[int, _Origin]] = {}
     for c in commits:
         for fd in c.files:
             if fd.status == "deleted":
@@ -207,10 +234,14 @@ def attribute_lines(final_files: Sequence[FileDiff], commits: Sequence[CommitInf
     for fd in final_files:
         file_owners = owners.get(fd.path, {})
         for n in fd.added_linenos():
-            sha = file_owners.get(n)
+            origin = file_owners.get(n)
+            sha = origin.sha if origin else None
             commit_reason = reasons.get(sha) if sha else None
+            att = marks.get(origin.sha, {}).get(origin.path, {}).get(origin.line) if origin else None
             if pr_reason:
                 result[(fd.path, n)] = LineProvenance(True, pr_reason, sha)
+            elif att is not None and sha:
+                result[(fd.path, n)] = LineProvenance(att.is_ai, f"{att.describe()} in {sha[:7]}", sha)
             elif commit_reason:
                 result[(fd.path, n)] = LineProvenance(True, f"{commit_reason} in {sha[:7]}", sha)
             elif sha:

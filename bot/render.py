@@ -130,6 +130,12 @@ def parse_marker(body: str) -> dict[str, str]:
     return dict(kv.split("=", 1) for kv in found[-1].split() if "=" in kv)
 
 
+def parse_markers(body: str) -> list[dict[str, str]]:
+    """Fields of every ptbot marker in a body, in order (a review body holds its own marker and,
+    after it, the markers of findings that could not be anchored inline)."""
+    return [dict(kv.split("=", 1) for kv in found.split() if "=" in kv) for found in _MARKER.findall(body or "")]
+
+
 @dataclass(frozen=True, slots=True)
 class Coverage:
     """What a review looked at, for the "scored X of Y AI-authored lines; skipped Z" sentence."""

@@ -98,6 +98,20 @@ def _repo_fields(payload: dict[str, Any]) -> dict[str, Any]:
             "default_branch": repo.get("default_branch")}
 
 
+def pull_request_fields(pr: dict[str, Any]) -> dict[str, Any]:
+    """What a review job says about its PR, from a webhook's ``pull_request`` object or the same
+    object as the REST API returns it (a fork's check-run re-run finds its PR that way)."""
+    head, base_ref = pr.get("head") or {}, pr.get("base") or {}
+    return {"number": pr.get("number"),
+            "head_sha": head.get("sha"), "head_ref": head.get("ref", ""),
+            "head_repo": (head.get("repo") or {}).get("full_name"),
+            "base_ref": base_ref.get("ref", ""),
+            "draft": bool(pr.get("draft")),
+            "merged": bool(pr.get("merged")),
+            "author": (pr.get("user") or {}).get("login"),
+            "labels": [lab.get("name", "") for lab in pr.get("labels") or []]}
+
+
 def job_for_event(event: str, payload: dict[str, Any], settings: Settings) -> tuple[dict[str, Any] | None, str]:
     """The job dict for one delivery, or ``(None, why)`` when there is nothing to do.
 
@@ -112,17 +126,9 @@ def job_for_event(event: str, payload: dict[str, Any], settings: Settings) -> tu
         pr = payload.get("pull_request") or {}
         if action != "closed" and pr.get("draft") and not settings.review_drafts:
             return None, "draft pull request (drafts are not reviewed on this deployment)"
-        head, base_ref = pr.get("head") or {}, pr.get("base") or {}
         return {**base, **_repo_fields(payload),
                 "kind": "closed" if action == "closed" else "review",
-                "number": pr.get("number", payload.get("number")),
-                "head_sha": head.get("sha"), "head_ref": head.get("ref", ""),
-                "head_repo": (head.get("repo") or {}).get("full_name"),
-                "base_ref": base_ref.get("ref", ""),
-                "draft": bool(pr.get("draft")),
-                "merged": bool(pr.get("merged")),
-                "author": (pr.get("user") or {}).get("login"),
-                "labels": [lab.get("name", "") for lab in pr.get("labels") or []]}, "ok"
+                **pull_request_fields(pr), "number": pr.get("number", payload.get("number"))}, "ok"
     if event == "check_run":
         if action not in CHECK_RUN_ACTIONS:
             return None, f"check_run.{action} is not handled"

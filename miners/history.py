@@ -14,7 +14,7 @@ from __future__ import annotations
 import codecs
 import logging
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,6 +159,7 @@ def iter_commits(
     paths: tuple[str, ...] = (),
     want: Callable[[str, tuple[str, ...]], bool] | None = None,
     chunk: int = 1000,
+    shas: Sequence[str] | None = None,
 ) -> Iterator[Commit]:
     """Yield the commits reachable from ``rev`` (newest first), each with its parsed ``-U0`` diff.
 
@@ -167,19 +168,31 @@ def iter_commits(
     ``Commit.dropped`` instead of ``files``. With ``want(message, parents)``, only the commits it
     accepts get a diff; the others come with ``diff_read=False``. Raises GitError when git fails
     (bad revision, corrupt objects); commits already yielded stay valid.
+
+    ``shas`` (at most 1500): exactly these commits, in this order, instead of walking ``rev``
+    (``since``/``until``/``max_commits`` then do not apply). ``ptbot mine-repo --queue`` mines
+    a history in such ranges; each commit comes out as it would from the walk.
     """
     if not 1 <= chunk <= 1500:
         raise ValueError("chunk must be between 1 and 1500 (the shas must fit git's stdin pipe)")
     select = []
-    if since:
-        select.append(f"--since={since}")
-    if until:
-        select.append(f"--until={until}")
-    if max_commits is not None:
-        select.append(f"--max-count={max_commits}")
-    select += [rev, "--", *paths]
+    stdin = None
+    if shas is not None:
+        if len(shas) > 1500:
+            raise ValueError("at most 1500 shas at once (they must fit git's stdin pipe)")
+        if not shas:
+            return
+        select, stdin = ["--no-walk=unsorted", "--stdin", "--", *paths], "".join(s + "\n" for s in shas)
+    else:
+        if since:
+            select.append(f"--since={since}")
+        if until:
+            select.append(f"--until={until}")
+        if max_commits is not None:
+            select.append(f"--max-count={max_commits}")
+        select += [rev, "--", *paths]
     if want is None:
-        yield from _git_log(repo, ["-p", *_DIFF_ARGS, *select], None, max_file_lines)
+        yield from _git_log(repo, ["-p", *_DIFF_ARGS, *select], stdin, max_file_lines)
         return
     # Two streams: headers only (cheap), then, per chunk of headers, one `git log -p --stdin`
     # over the wanted commits. git then computes diffs only for those, and memory stays at one
@@ -202,7 +215,7 @@ def iter_commits(
         yield from pending[i:]
         pending.clear()
 
-    for c in _git_log(repo, select, None, max_file_lines):
+    for c in _git_log(repo, select, stdin, max_file_lines):
         ok = want(c.message, c.parents)
         pending.append(Commit(c.sha, c.parents, c.timestamp, c.message, diff_read=ok))
         if len(pending) >= chunk:

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -328,8 +328,12 @@ def _check_repo(path: str, rev: str) -> frozenset[str]:
     return frozenset()
 
 
-def mine_repo(config: MineConfig, progress: bool = False) -> Manifest:
+def mine_repo(config: MineConfig, progress: bool = False,
+              shas: Sequence[str] | None = None) -> Manifest:
     """Mine ``config.repo`` into ``config.out``; return (and write) the manifest.
+
+    ``shas``: mine exactly these commits (newest first, at most 1500) instead of walking
+    ``config.rev``; ``miners.ranges`` splits a history into such ranges for ``--queue``.
 
     Raises ValueError for bad input (not a repository, empty, unknown revision, unreachable URL,
     non-empty output without ``resume``) and MiningError when git fails part-way; in that case
@@ -342,10 +346,11 @@ def mine_repo(config: MineConfig, progress: bool = False) -> Manifest:
         else:
             repo_dir = os.path.abspath(config.repo)
         shallow = _check_repo(repo_dir, config.rev)
-        return _mine(repo_dir, config, shallow, progress)
+        return _mine(repo_dir, config, shallow, progress, shas)
 
 
-def _mine(repo_dir: str, config: MineConfig, shallow: frozenset[str], progress: bool) -> Manifest:
+def _mine(repo_dir: str, config: MineConfig, shallow: frozenset[str], progress: bool,
+          shas: Sequence[str] | None = None) -> Manifest:
     repo_name = config.name or _repo_name(config.repo)
     writer = DatasetWriter(config.out, resume=config.resume, shard_records=config.shard_records)
     miner = CommitMiner(repo_dir, config, repo_name, shallow)
@@ -358,7 +363,7 @@ def _mine(repo_dir: str, config: MineConfig, shallow: frozenset[str], progress: 
     want = None if config.mutations else (
         lambda message, parents: len(parents) == 1 and has_fix_cue(message))
     commits = (c for c in iter_commits(repo_dir, config.rev, since=config.since, until=config.until,
-                                       max_commits=config.max_commits, want=want)
+                                       max_commits=config.max_commits, want=want, shas=shas)
                if c.sha not in already)
     bar = None
     if progress:

@@ -31,6 +31,8 @@ import jwt
 from flask import Flask, Response, request
 from werkzeug.serving import make_server
 
+from fake_graphql import FakeGraphQL
+
 REPLAY_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "github" / "replay"
 RECORDED_HOST = "https://api.github.com"
 BOT_LOGIN = "ptbot-test[bot]"
@@ -166,6 +168,9 @@ class FakePull:
     draft: bool = False
     files: list[FakeFile] = field(default_factory=list)
     commits: list[FakeCommit] = field(default_factory=list)
+    head_repo: str | None = None
+    """``owner/name`` of the fork the head was pushed to; None: the PR's own repository."""
+    state: str = "open"
 
 
 @dataclass
@@ -177,6 +182,10 @@ class FakeRepo:
     pulls: dict[int, FakePull] = field(default_factory=dict)
     contents: dict[tuple[str, str], str] = field(default_factory=dict)
     """(ref, path) -> text."""
+    git_refs: dict[str, str] = field(default_factory=dict)
+    """Git database refs without ``refs/`` (``notes/ai``) -> commit id."""
+    git_objects: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    """id -> (``blob``, bytes) | (``tree``, [(name, type, id)]) | (``commit``, tree id)."""
 
 
 @dataclass
@@ -204,6 +213,10 @@ class FakeGitHub:
         self.reactions: dict[int, list[dict[str, Any]]] = {}
         self.check_runs: dict[int, dict[str, Any]] = {}
         self.requests: list[Recorded] = []
+        self.graphql = FakeGraphQL(self)
+        """GraphQL state (threads resolved, reviews minimised): ``tests/fake_graphql.py``."""
+        self.commit_pulls_list_forks = True
+        """``GET /commits/{sha}/pulls`` lists fork PRs too; GitHub may not (then it answers [])."""
         self._failures: list[tuple[str, re.Pattern[str], int, dict[str, str], Any]] = []
         self._ids = itertools.count(1000)
         self._lock = threading.RLock()
@@ -236,6 +249,33 @@ class FakeGitHub:
     def add_pull(self, owner: str, name: str, pull: FakePull) -> FakePull:
         self.repos[f"{owner}/{name}"].pulls[pull.number] = pull
         return pull
+
+    def put_git_notes(self, owner: str, name: str, notes: dict[str, str], ref: str = "notes/ai",
+                      fanout: bool = False) -> str:
+        """Store ``notes`` (commit id -> note text) as git does: blobs named by the annotated
+        commit id in a notes commit's tree, under ``ab/cdef…`` directories when ``fanout``
+        (git fans out large notes trees); point ``ref`` at it. Returns the notes commit id."""
+        repo = self.repos[f"{owner}/{name}"]
+
+        def put(kind: str, payload: Any, raw: bytes) -> str:
+            oid = hashlib.sha1(f"{kind} {len(raw)}\0".encode() + raw).hexdigest()
+            repo.git_objects[oid] = (kind, payload)
+            return oid
+
+        top: list[tuple[str, str, str]] = []
+        subdirs: dict[str, list[tuple[str, str, str]]] = {}
+        for sha, text in sorted(notes.items()):
+            blob = put("blob", text.encode(), text.encode())
+            if fanout:
+                subdirs.setdefault(sha[:2], []).append((sha[2:], "blob", blob))
+            else:
+                top.append((sha, "blob", blob))
+        for prefix, entries in sorted(subdirs.items()):
+            top.append((prefix, "tree", put("tree", entries, repr(entries).encode())))
+        tree = put("tree", top, repr(top).encode())
+        commit = put("commit", tree, f"tree {tree}\nNotes added by 'git notes add'\n".encode())
+        repo.git_refs[ref] = commit
+        return commit
 
     def fail_next(self, method: str, path_regex: str, status: int, headers: dict[str, str] | None = None,
                   body: Any = None, times: int = 1) -> None:
@@ -313,6 +353,29 @@ class FakeGitHub:
             with fake._lock:
                 return fake._repo_endpoint(repo, request.method, rest)
 
+        @app.post("/graphql")
+        @app.post("/api/graphql")  # GitHub Enterprise Server (REST under /api/v3)
+        def graphql() -> Response:
+            if not authorised():
+                return fake._json({"message": "Bad credentials"}, 401)
+            with fake._lock:
+                return fake._json(fake.graphql.answer(request.get_json(force=True) or {}))
+
+        @app.get("/app")
+        def the_app() -> Response:
+            """The authenticated App (JWT only): its slug names the bot user, ``<slug>[bot]``."""
+            auth = request.headers.get("Authorization", "")
+            try:
+                claims = jwt.decode(auth.split(" ", 1)[-1], fake.public_key_pem, algorithms=["RS256"])
+            except jwt.PyJWTError as e:
+                return fake._json({"message": f"A JSON web token could not be decoded: {e}"}, 401)
+            if str(claims.get("iss")) != str(fake.app_id):
+                return fake._json({"message": "'Issuer' claim ('iss') must be the App id"}, 401)
+            slug = BOT_LOGIN[: -len("[bot]")]
+            return fake._json({"id": fake.app_id, "slug": slug, "node_id": f"A_fake{fake.app_id}", "name": slug,
+                               "owner": {"login": "octo", "type": "Organization"},
+                               "permissions": {"pull_requests": "write", "checks": "write", "contents": "read"}})
+
         return app
 
     def _json(self, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -373,12 +436,22 @@ class FakeGitHub:
             reaction.update(id=next(self._ids), content=request.get_json(force=True)["content"])
             self.reactions.setdefault(cid, []).append(reaction)
             return self._json(reaction, 201)
+        if method == "GET" and parts == ["pulls"]:
+            state = request.args.get("state", "open")
+            return self._page([self._pull_json(repo, p) for _, p in sorted(repo.pulls.items(), reverse=True)
+                               if state == "all" or p.state == state])
+        if method == "GET" and parts[:1] == ["commits"] and len(parts) == 3 and parts[2] == "pulls":
+            return self._page([self._pull_json(repo, p) for _, p in sorted(repo.pulls.items(), reverse=True)
+                               if parts[1] in [p.head_sha] + [c.sha for c in p.commits]
+                               and (self.commit_pulls_list_forks or not p.head_repo)])
         if method == "GET" and parts[:1] == ["commits"] and len(parts) == 2:
             for pull in repo.pulls.values():
                 for c in pull.commits:
                     if c.sha == parts[1]:
                         return self._json(self._commit_json(repo, c, with_files=True))
             return self._json({"message": "No commit found for SHA: " + parts[1]}, 422)
+        if method == "GET" and parts[:1] == ["git"] and len(parts) >= 3:
+            return self._git_endpoint(repo, parts[1], "/".join(parts[2:]))
         if method == "GET" and parts[:1] == ["contents"]:
             path = "/".join(parts[1:])
             ref = request.args.get("ref", repo.default_branch)
@@ -395,6 +468,40 @@ class FakeGitHub:
                 return self._json(self.check_runs[int(parts[1])])
         return self._json({"message": f"fake GitHub does not serve {method} /{rest}"}, 404)
 
+    def _git_endpoint(self, repo: FakeRepo, kind: str, rest: str) -> Response:
+        """The Git database API (``git/ref``, ``git/commits``, ``git/trees``, ``git/blobs``)."""
+        api = f"{self.base_url}/repos/{repo.owner}/{repo.name}/git"
+        not_found = self._json({"message": "Not Found",
+                                "documentation_url": "https://docs.github.com/rest/git"}, 404)
+        if kind == "ref":
+            if rest not in repo.git_refs:
+                return not_found
+            sha = repo.git_refs[rest]
+            return self._json({"ref": f"refs/{rest}", "node_id": "REF_fake", "url": f"{api}/refs/{rest}",
+                               "object": {"sha": sha, "type": "commit", "url": f"{api}/commits/{sha}"}})
+        obj = repo.git_objects.get(rest)
+        if obj is None or {"commits": "commit", "trees": "tree", "blobs": "blob"}.get(kind) != obj[0]:
+            return not_found
+        if kind == "commits":
+            return self._json({"sha": rest, "url": f"{api}/commits/{rest}", "message": "Notes added by 'git notes add'",
+                               "tree": {"sha": obj[1], "url": f"{api}/trees/{obj[1]}"}, "parents": []})
+        if kind == "blobs":
+            raw: bytes = obj[1]
+            # GitHub wraps the base64 text in lines, as ``encodebytes`` does.
+            return self._json({"sha": rest, "node_id": "BLOB_fake", "size": len(raw), "url": f"{api}/blobs/{rest}",
+                               "content": base64.encodebytes(raw).decode(), "encoding": "base64"})
+        entries = []
+
+        def walk(tree_id: str, prefix: str) -> None:
+            for name, typ, oid in repo.git_objects[tree_id][1]:
+                entries.append({"path": prefix + name, "mode": "040000" if typ == "tree" else "100644",
+                                "type": typ, "sha": oid, "url": f"{api}/{typ}s/{oid}"})
+                if typ == "tree" and request.args.get("recursive"):
+                    walk(oid, prefix + name + "/")
+
+        walk(rest, "")
+        return self._json({"sha": rest, "url": f"{api}/trees/{rest}", "tree": entries, "truncated": False})
+
     # -- bodies built from the recorded templates ---------------------------------------------
 
     def _repo_json(self, repo: FakeRepo) -> dict[str, Any]:
@@ -409,10 +516,11 @@ class FakeGitHub:
         body = copy.deepcopy(self.templates["pull"])
         text = json.dumps(body).replace("PyGithub/PyGithub", f"{repo.owner}/{repo.name}")
         body = json.loads(text.replace("/pulls/31", f"/pulls/{pull.number}").replace("/issues/31", f"/issues/{pull.number}"))
-        body.update(number=pull.number, title=pull.title, draft=pull.draft, state="open",
+        body.update(number=pull.number, title=pull.title, draft=pull.draft, state=pull.state, merged=False,
                     labels=[{"name": lab} for lab in pull.labels])
         body["user"]["login"] = pull.author
-        body["head"].update(sha=pull.head_sha, ref=pull.head_ref, repo=self._repo_json(repo))
+        head_repo = self.repos.get(pull.head_repo or "", repo)
+        body["head"].update(sha=pull.head_sha, ref=pull.head_ref, repo=self._repo_json(head_repo))
         body["base"].update(sha=pull.base_sha, ref=pull.base_ref, repo=self._repo_json(repo))
         return body
 

@@ -310,7 +310,7 @@ def _write_jsonl(path: Path, records: list[Record]) -> str:
     return str(path)
 
 
-def test_cli_eval_and_features(data, model_dir, tmp_path, monkeypatch):
+def test_cli_eval_and_features(data, model_dir, tiny_model_dir, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from bot.cli import cli
@@ -333,6 +333,23 @@ def test_cli_eval_and_features(data, model_dir, tmp_path, monkeypatch):
     assert res.exit_code != 0 and "also training records" in res.output
     res = runner.invoke(cli, ["eval", test, "--methods", "nope", "--model", str(model_dir)])
     assert res.exit_code != 0 and "unknown methods" in res.output
+
+    # Layer sweep of the SAE-free methods on the bare supervisor.
+    docs = []
+    for layer in ("1", "2"):
+        out = tmp_path / f"layer{layer}.json"
+        res = runner.invoke(cli, ["eval", test, "--train", train, "--supervisor", str(tiny_model_dir),
+                                  "--layer", layer, "--methods", "probe", "--boot", "0", "--ranker-epochs", "2",
+                                  "--no-snippet-auroc", "--json", str(out)])
+        assert res.exit_code == 0, res.output
+        docs.append(json.loads(out.read_text())["results"]["synth-js"]["probe"])
+    assert docs[0]["auroc"] != docs[1]["auroc"]  # another layer, other states
+    assert (tmp_path / "cache" / "states").exists() and len(list((tmp_path / "cache" / "states").iterdir())) >= 2
+    for bad, msg in ((["--layer", "1", "--model", str(model_dir), "--methods", "length"], "cannot be combined"),
+                     (["--layer", "1", "--methods", "pttrust"], "pttrust needs a model"),
+                     (["--supervisor", "smollm2", "--methods", "length"], "goes with --layer")):
+        res = runner.invoke(cli, ["eval", test, "--train", train, *bad])
+        assert res.exit_code == 2 and msg in res.output, res.output
 
     res = runner.invoke(cli, ["features", train, "--model", str(model_dir), "--top", "3", "--examples", "1",
                               "--label", "0=first latent", "--json", str(tmp_path / "f.json")])

@@ -33,6 +33,10 @@ SCORE_TASK = "ptbot.score"
 PUBLISH_TASK = "ptbot.publish"
 FEEDBACK_TASK = "ptbot.feedback"
 HARVEST_TASK = "ptbot.harvest_feedback"
+MINE_RANGE_TASK = "ptbot.mine_range"
+"""``ptbot mine-repo --queue``: one range of commits (cpu queue)."""
+EXTRACT_SHARD_TASK = "ptbot.extract_shard"
+"""``ptbot extract --queue``: one shard of line states (gpu queue)."""
 HARVEST_EVERY_SECONDS = 300.0
 """How often beat looks for PRs due a poll (each PR has its own decaying schedule)."""
 
@@ -117,6 +121,9 @@ def make_celery(settings: Settings, config: WorkerConfig | None = None,
     app = make_producer(settings, config)
     register_tasks(app, runtime, cpu_queue=config.cpu_queue, gpu_queue=config.gpu_queue,
                    max_deliveries=config.max_deliveries, lock_seconds=config.lock_seconds)
+    from workers.tasks import register_scaleout_tasks
+
+    register_scaleout_tasks(app, runtime, max_deliveries=config.max_deliveries)
 
     def after_fork(**_: Any) -> None:
         runtime.reset()

@@ -35,6 +35,7 @@ from bot.pr_review import (
 )
 from bot.render import Renderer
 from bot.review import Scorer
+from bot.webhook import pull_request_fields
 from workers.celery_app import FEEDBACK_TASK, HARVEST_TASK, PUBLISH_TASK, REVIEW_TASK, SCORE_TASK
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,20 @@ def expected_model_version(settings: Settings) -> str | None:
     return f"{name}@{version}" if version else name
 
 
+def shared_github(settings: Settings) -> GitHubApp:
+    """The App client of a worker process: installation tokens and the per-installation write
+    pace live in Redis (``PTBOT_REDIS_URL``), shared with every other worker process."""
+    import redis
+
+    from bot.token_cache import RedisTokenCache
+    from bot.write_gate import RedisWriteGate
+
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    return GitHubApp.from_settings(
+        settings, token_cache=RedisTokenCache(client),
+        write_gate=RedisWriteGate.factory(client, settings.github_api_url, settings.seconds_between_writes))
+
+
 class WorkerRuntime:
     """What the tasks of one process use: GitHub App client, scorer, ledger, templates.
 
@@ -86,7 +101,7 @@ class WorkerRuntime:
                  model_version: str | None = None) -> None:
         self.settings = settings
         self._scorer_factory = scorer_factory or (lambda: load_scorer(settings))
-        self._github_factory = github_factory or (lambda: GitHubApp.from_settings(settings))
+        self._github_factory = github_factory or (lambda: shared_github(settings))
         self._ledger_factory = ledger_factory or (lambda: RedisLedger.from_url(settings.redis_url))
         self._model_version = model_version
         self._cache: dict[str, Any] = {}
@@ -140,11 +155,47 @@ def review_jobs(job: dict[str, Any]) -> list[dict[str, Any]]:
             return [job]
         if not job.get("numbers"):
             # Fork PRs: GitHub sends an empty pull_requests list (github-bot.md §3.6).
-            log.warning("check_run %s on %s has no pull request to re-score (fork PR?)",
-                        job.get("check_run_id"), job.get("head_sha"))
+            log.info("check_run %s on %s names no pull request (a fork PR?): see fork_rescore_jobs",
+                     job.get("check_run_id"), job.get("head_sha"))
         return [dict(job, number=n, force=True) for n in job.get("numbers") or []]
     log.info("job kind %r needs no review work (delivery %s)", kind, job.get("delivery"))
     return []
+
+
+def needs_pull_lookup(job: dict[str, Any]) -> bool:
+    """A check-run re-run that named no PR: GitHub leaves ``pull_requests`` empty for forks."""
+    return job.get("kind") == "rescore" and not job.get("number") and not job.get("numbers")
+
+
+def fork_rescore_jobs(github: GitHubApp, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Review jobs for a re-run that named no PR: one per open PR whose head is the run's SHA,
+    shaped like a ``pull_request`` job and forced (a re-run must run even if the key is done).
+    When there is none, the check run is completed neutral with the reason, not left hanging."""
+    inst, owner, repo = int(job["installation_id"]), str(job["owner"]), str(job["repo"])
+    sha = str(job.get("head_sha") or "")
+    pulls = github.open_pulls_with_head(inst, owner, repo, sha) if sha else []
+    if pulls:
+        log.info("check_run %s: head %s is %s/%s#%s", job.get("check_run_id"), sha[:12], owner, repo,
+                 ", #".join(str(p.get("number")) for p in pulls))
+        return [dict(job, **pull_request_fields(p), force=True) for p in pulls]
+    log.warning("check_run %s on %s/%s: no open pull request has head %s; completing it neutral",
+                job.get("check_run_id"), owner, repo, sha[:12])
+    github.complete_check_run(
+        inst, owner, repo, job.get("check_run_id"), sha, title="ptbot: no pull request to review",
+        summary=(f"ptbot found no open pull request in {owner}/{repo} whose head commit is `{sha}`, "
+                 "so there was nothing to re-run. GitHub does not say which pull request a check "
+                 "run belongs to when the branch lives in a fork, and ptbot looked it up by head "
+                 "SHA: the pull request may be closed, or a newer commit was pushed since. Push a "
+                 "commit or re-open the pull request to get a new review."))
+    return []
+
+
+def expand_job(runtime: WorkerRuntime, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """``review_jobs``, with a fork PR's re-run matched to its PR through GitHub."""
+    jobs = review_jobs(job)
+    if not jobs and needs_pull_lookup(job):
+        jobs = fork_rescore_jobs(runtime.github(), job)
+    return jobs
 
 
 def count_delivery(ledger: ReviewLedger, task_id: str, name: str, cap: int) -> int:
@@ -184,7 +235,7 @@ def register_tasks(app: Any, runtime: WorkerRuntime, *, cpu_queue: str, gpu_queu
         count_delivery(runtime.ledger(), self.request.id, REVIEW_TASK, max_deliveries)
         if feedback_wanted(runtime, job):  # label work (issue 6) runs beside the review
             self.app.send_task(FEEDBACK_TASK, args=[job], queue=cpu_queue)
-        jobs = review_jobs(job)
+        jobs = expand_job(runtime, job)
         if jobs != [job]:  # a re-score of several PRs (one task each), or nothing to review
             ids = [self.app.send_task(REVIEW_TASK, args=[j], queue=cpu_queue).id for j in jobs]
             return {"status": "fanned_out" if ids else "ignored", "tasks": ids}
@@ -327,7 +378,7 @@ class InProcessQueue:
             try:
                 if job is None:
                     return
-                for j in review_jobs(job):
+                for j in expand_job(self.runtime, job):
                     outcome = run_review(j, self.runtime.pull_request(j), self.runtime.scorer(),
                                          self.runtime.renderer(), self.runtime.ledger(),
                                          self.runtime.settings.repo_defaults, owner=job["_id"])
@@ -340,6 +391,76 @@ class InProcessQueue:
 
 
 def eager_runtime(settings: Settings, **kwargs: Any) -> WorkerRuntime:
-    """A runtime whose ledger lives in memory (the one-machine trial needs no Redis)."""
+    """A runtime whose ledger, tokens and write gates live in memory (the one-machine trial
+    needs no Redis)."""
     ledger = MemoryLedger()
+    kwargs.setdefault("github_factory", lambda: GitHubApp.from_settings(settings))
     return WorkerRuntime(settings, ledger_factory=lambda: ledger, **kwargs)
+
+
+# ----- scale-out training work (issue 4 item 6): mine-repo --queue, extract --queue ---------------
+
+
+def _note_failure(path: Any, error: BaseException) -> None:
+    """Leave the error where the waiting producer looks (it shares the output directory)."""
+    from pathlib import Path
+
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(f"{type(error).__name__}: {error}\n", encoding="utf-8")
+    except OSError:
+        log.exception("could not write the failure marker %s", path)
+
+
+def training_supervisor(runtime: WorkerRuntime, model: str, layer: int) -> Any:
+    """The supervisor at ``layer``, loaded once per worker process (on the first shard it reads)."""
+    def load() -> Any:
+        from analyzer.supervisor import Supervisor, SupervisorConfig
+
+        return Supervisor.load(SupervisorConfig(model=model, layer=layer, device=runtime.settings.device,
+                                                cache_dir=runtime.settings.cache_path))
+
+    return runtime._get(f"supervisor:{model}:{layer}", load)
+
+
+def register_scaleout_tasks(app: Any, runtime: WorkerRuntime, *, max_deliveries: int) -> dict[str, Any]:
+    """Define the range-mining task (cpu queue) and the line-states task (gpu queue).
+
+    Both write into the output directory the producer names, so workers must see it (and the
+    repository) at the same path; a task that fails leaves ``<piece>.failed`` with the error
+    there. Their outputs appear by atomic rename under names fixed by the work itself, so a
+    redelivered task rewrites the same piece instead of adding one.
+    """
+    from workers.celery_app import EXTRACT_SHARD_TASK, MINE_RANGE_TASK
+
+    @app.task(bind=True, shared=False, name=MINE_RANGE_TASK)
+    def mine_range_task(self: Any, job: dict[str, Any]) -> dict[str, Any]:
+        from miners.ranges import RangeJob, mine_range
+
+        rng = RangeJob.from_dict(job)
+        try:
+            count_delivery(runtime.ledger(), self.request.id, MINE_RANGE_TASK, max_deliveries)
+            return mine_range(rng)
+        except Exception as e:
+            _note_failure(rng.failed_path(), e)
+            raise
+
+    @app.task(bind=True, shared=False, name=EXTRACT_SHARD_TASK)
+    def extract_shard_task(self: Any, job: dict[str, Any]) -> dict[str, Any]:
+        from analyzer import shards
+
+        out_dir, index = job["dir"], int(job["index"])
+        try:
+            count_delivery(runtime.ledger(), self.request.id, EXTRACT_SHARD_TASK, max_deliveries)
+            manifest = shards.read_manifest(out_dir)
+            if shards.shard_done(out_dir, manifest, index):
+                return {"shard": index, "status": "already read"}
+            ref = manifest["supervisor"]
+            sup = training_supervisor(runtime, ref["model"], int(ref["layer"]))
+            path = shards.extract_shard(sup, out_dir, index)
+            return {"shard": index, "status": "read", "path": str(path)}
+        except Exception as e:
+            _note_failure(shards.failed_path(out_dir, index), e)
+            raise
+
+    return {MINE_RANGE_TASK: mine_range_task, EXTRACT_SHARD_TASK: extract_shard_task}
