@@ -178,7 +178,7 @@ def open_model(model_dir: Path, supervisor: SupervisorConfig = SupervisorConfig(
     sup = Supervisor.load(replace(supervisor, model=ref["model"], layer=int(ref["layer"]), full=False))
     artifact.check_supervisor(manifest, supervisor_ref(sup), model_dir)
     sae = load_sae(model_dir, manifest["sae"]).to(torch.float32).eval()
-    return LoadedModel(sup, manifest, sae, FeatureConfig(**manifest["features"]), Path(model_dir))
+    return LoadedModel(sup, manifest, sae, FeatureConfig.from_dict(manifest["features"]), Path(model_dir))
 
 
 def read_records(sup: Supervisor, records: Sequence[Record], features: FeatureConfig,

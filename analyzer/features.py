@@ -42,6 +42,12 @@ class FeatureConfig:
     """Append log token count and log character length."""
     position: bool = True
     """Append the line's relative position in the file (0 = first scorable line, 1 = last)."""
+    relative_shape: bool = True
+    """Centre the shape columns on the snippet mean too, so every input says how a line differs
+    from the rest of its file: lines of Java or C++ are longer than Python's across the board, and
+    a ranker trained on Python extrapolates absolute lengths badly. Chosen on the Python dev split
+    and on mined non-Python fixes, never on evaluation data (BENCHMARKS.md, variant selection).
+    Artifacts written before this field existed read as False (``from_dict``)."""
 
     def __post_init__(self) -> None:
         if not (self.absolute or self.centre):
@@ -49,6 +55,11 @@ class FeatureConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureConfig:
+        """Read a manifest's ``features``; fields added later keep the behaviour of older artifacts."""
+        return cls(**{"relative_shape": False, **d})
 
     def prefix_for(self, language: str | None) -> str:
         return self.prefix.replace("{language}", language or "")
@@ -147,5 +158,9 @@ def ranker_inputs(latents: torch.Tensor, lines: Sequence[LineSpan], cfg: Feature
     if cfg.shape:
         extra.append(torch.tensor([float(len(s.text.strip())) for s in lines], dtype=latents.dtype).log1p())
     if extra:
-        parts.append(torch.stack(extra, dim=1).reshape(n, len(extra)))
+        shape = torch.stack(extra, dim=1).reshape(n, len(extra))
+        if cfg.relative_shape and cfg.shape:
+            cols = [0, len(extra) - 1]  # log tokens and log chars; position is relative already
+            shape[:, cols] -= shape[:, cols].mean(dim=0, keepdim=True)
+        parts.append(shape)
     return torch.cat(parts, dim=1)

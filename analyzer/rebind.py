@@ -114,7 +114,7 @@ def evaluate_version(sup: Supervisor, model_dir: Path, records: Sequence[Record]
     if not (manifest.get("sae") and manifest.get("ranker") and manifest.get("calibration")):
         return None
     artifact.check_supervisor(manifest, train.supervisor_ref(sup), model_dir)
-    features = FeatureConfig(**manifest["features"])
+    features = FeatureConfig.from_dict(manifest["features"])
     sae = load_sae(model_dir, manifest["sae"]).to(torch.float32)
     ranker = load_ranker(model_dir, manifest["ranker"]).eval()
     calib = Calibrator.from_dict(manifest["calibration"])

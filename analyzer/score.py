@@ -37,7 +37,7 @@ class RiskScorer:
         self.ranker = ranker
         self.calibrator = calibrator
         self.model_dir = model_dir
-        self.features = FeatureConfig(**manifest["features"])
+        self.features = FeatureConfig.from_dict(manifest["features"])
         self.n_features = n_features
         self.latent_labels: dict[str, str] = manifest.get("latent_labels") or {}
 

@@ -232,7 +232,7 @@ def extract_shard(sup: Supervisor, out_dir: Path, index: int, *, cache: StateCac
                          "run `ptbot extract` again to rewrite the plan")
     plan = json.loads(data.decode("utf-8", "surrogatepass"))
     start, rows = plan["start"], plan["texts"]
-    snippets = extract(sup, [r[0] for r in rows], [r[1] for r in rows], FeatureConfig(**manifest["features"]),
+    snippets = extract(sup, [r[0] for r in rows], [r[1] for r in rows], FeatureConfig.from_dict(manifest["features"]),
                        progress=progress, desc=f"reading code ({entry['name']})", cache=cache)
     states, text, line, record, label = [], [], [], [], []
     for j, (sn, (_, _, rec, buggy)) in enumerate(zip(snippets, rows)):

@@ -200,7 +200,7 @@ def pretrain_from_shards(shards_dir: Path, out_dir: Path, *, expect: artifact.Su
                "mutations_per_snippet": sel["mutations"], "languages": info["counts"]["languages"],
                "shards": {"dir": str(shards_dir), "plan_sha256": info["plan_sha256"]}}
     return _train_stage1(x, pt, out_dir, artifact.SupervisorRef(**info["supervisor"]),
-                         FeatureConfig(**info["features"]), summary, sae_cfg=sae_cfg, seed=seed,
+                         FeatureConfig.from_dict(info["features"]), summary, sae_cfg=sae_cfg, seed=seed,
                          progress=progress, name=name)
 
 
@@ -270,7 +270,7 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     if not manifest.get("sae"):
         raise artifact.ArtifactError(f"{model_dir} has no SAE yet: run `ptbot pretrain` first")
     artifact.check_supervisor(manifest, supervisor_ref(sup), model_dir)
-    features = FeatureConfig(**manifest["features"])
+    features = FeatureConfig.from_dict(manifest["features"])
     sae = load_sae(model_dir, manifest["sae"])
     train_recs, dev_recs = split_by_problem(records, dev_fraction, seed)
     if not train_recs or not dev_recs:

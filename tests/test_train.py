@@ -121,3 +121,34 @@ def test_pretrain_holdout_keeps_dev_problems_out_of_stage_1(sup, tmp_path):
     sub = pretrain(sup, rng.sample(recs, 10), tmp_path / "s", sae_cfg={**TINY_SAE, "epochs": 1},
                    mutations=0, progress=False, holdout=None, max_records=5)
     assert sub["sae_training"]["records"] == 5
+
+
+# ------------------------------------------------------------------------------ ranker inputs
+
+
+def test_ranker_inputs_columns_absolute_and_relative_shape():
+    import math
+
+    from analyzer.features import ranker_inputs
+    from analyzer.lines import LineSpan
+
+    lines = [LineSpan(1, 0, 0, 1, "x = 1"), LineSpan(2, 1, 3, 3, "return foo(x)"), LineSpan(3, 4, 6, 7, "y")]
+    latents = torch.tensor([[1.0, 0.0], [3.0, 2.0], [2.0, 4.0]])  # (3 lines, 2 latents)
+    legacy = FeatureConfig.from_dict({"prefix": "", "absolute": False, "centre": True, "shape": True,
+                                      "position": True})
+    assert legacy.relative_shape is False  # manifests written before the field keep their behaviour
+    x = ranker_inputs(latents, lines, legacy)  # (3, 2 centred latents + [log tokens, position, log chars])
+    assert x.shape == (3, 5)
+    torch.testing.assert_close(x[:, :2], latents - latents.mean(0))
+    toks = torch.tensor([math.log1p(1), math.log1p(3), math.log1p(7)])
+    chars = torch.tensor([math.log1p(5), math.log1p(13), math.log1p(1)])
+    torch.testing.assert_close(x[:, 2], toks)
+    torch.testing.assert_close(x[:, 3], torch.tensor([0.0, 0.5, 1.0]))
+    torch.testing.assert_close(x[:, 4], chars)
+
+    rel = ranker_inputs(latents, lines, FeatureConfig(prefix=""))
+    assert FeatureConfig().relative_shape is True
+    torch.testing.assert_close(rel[:, 2], toks - toks.mean())  # shape relative to the file
+    torch.testing.assert_close(rel[:, 3], x[:, 3])              # position unchanged
+    torch.testing.assert_close(rel[:, 4], chars - chars.mean())
+    assert FeatureConfig.from_dict(FeatureConfig().to_dict()) == FeatureConfig()
