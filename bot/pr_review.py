@@ -448,6 +448,9 @@ def _human_only(key: JobKey, api: PullRequestAPI, run_id: int, out_of_scope: int
                "there to review every added line.\n\n" + marker(kind="check", sha=key.head_sha))
     api.update_check_run(run_id, status="completed", conclusion="neutral",
                          title="ptbot: no AI-authored lines", summary=summary)
+    # A push can leave no AI-authored line (the agent's commits rewritten by a person, an AI label
+    # removed): nothing is flagged any more, so ptbot's earlier threads are stale too.
+    clean_up(api, key.head_sha, (), where=str(key))
     log.info("%s: human-only pull request (%d added lines); nothing posted", key, out_of_scope)
     return Outcome("human_only", coverage.sentence(), check_run_id=run_id)
 

@@ -303,6 +303,20 @@ def test_a_push_resolves_stale_ptbot_threads_and_minimises_the_old_summary(fake_
     assert len(fake_github.reactions[risk_a["id"]]) == 1
 
 
+def test_a_push_that_leaves_no_ai_line_resolves_ptbots_threads(fake_github, app, scorer):
+    push(fake_github, HEAD1, AI_CALC)
+    assert review(app, scorer, HEAD1, action="opened").status == "posted"
+    flagged = list(by_line(fake_github).values())
+    # A person rewrites the change in their own commit (no agent trailer): nothing is AI-authored.
+    put_pull_request(fake_github, 7, HEAD2, [("d4" * 20, "Rewrite total by hand",
+                                              {"src/calc.py": AI_CALC.replace("item.price", "item.cost")})])
+    assert review(app, scorer, HEAD2).status == "human_only"
+    g = fake_github.graphql
+    assert all(g.thread_of(c["id"])["isResolved"] for c in flagged) and len(flagged) == 2
+    assert fake_github.requests_to("DELETE", ".*") == []
+    assert len(fake_github.reviews) == 1 and g.minimized == {}  # the only summary stays visible
+
+
 def test_missing_permission_degrades_to_a_warning(fake_github, app, scorer, caplog):
     push(fake_github, HEAD1, AI_CALC)
     review(app, scorer, HEAD1, action="opened")
