@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from analyzer.calibrate import Calibrator
 from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, ranker_inputs
 from analyzer.metrics import SnippetPrediction, evaluate
 from analyzer.mutate import mutate, pair_lines
-from analyzer.ranker import RankerConfig, Slate, load_ranker, save_ranker, train_ranker
+from analyzer.ranker import RankerConfig, Slate, save_ranker, train_ranker
 from analyzer.records import problem_key, split_by_problem
 from analyzer.sae import SAEConfig, load_sae, save_sae, train_sae
 from analyzer.supervisor import Supervisor

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -287,7 +288,7 @@ def _results(commits: Iterator[Commit], miner: CommitMiner, config: MineConfig, 
 
 # --- the entry point ---------------------------------------------------------------------------
 
-def _repo_name(repo: str) -> str:
+def short_repo_name(repo: str) -> str:
     """Short name for ids and meta: the URL's or directory's last part, without ``.git``."""
     repo = re.sub(r"/\.git/?$", "", str(repo).rstrip("/"))
     name = re.split(r"[/:]", repo)[-1]
@@ -328,6 +329,22 @@ def _check_repo(path: str, rev: str) -> frozenset[str]:
     return frozenset()
 
 
+@contextmanager
+def opened_repo(config: MineConfig) -> Iterator[tuple[str, frozenset[str]]]:
+    """(git directory, shallow boundary commits) of ``config.repo``, checked against ``config.rev``.
+
+    A URL is cloned (bare) into a temporary directory that lives as long as the ``with`` block;
+    a path is used in place. ValueError says what is wrong with the repository or revision.
+    """
+    with tempfile.TemporaryDirectory(prefix="ptbot-mine-") as tmp:
+        if _URL.match(config.repo):
+            log.info("cloning %s", config.repo)
+            repo_dir = _clone(config.repo, tmp)
+        else:
+            repo_dir = os.path.abspath(config.repo)
+        yield repo_dir, _check_repo(repo_dir, config.rev)
+
+
 def mine_repo(config: MineConfig, progress: bool = False,
               shas: Sequence[str] | None = None) -> Manifest:
     """Mine ``config.repo`` into ``config.out``; return (and write) the manifest.
@@ -339,19 +356,13 @@ def mine_repo(config: MineConfig, progress: bool = False,
     non-empty output without ``resume``) and MiningError when git fails part-way; in that case
     the records written so far are kept and ``resume=True`` continues without duplicates.
     """
-    with tempfile.TemporaryDirectory(prefix="ptbot-mine-") as tmp:
-        if _URL.match(config.repo):
-            log.info("cloning %s", config.repo)
-            repo_dir = _clone(config.repo, tmp)
-        else:
-            repo_dir = os.path.abspath(config.repo)
-        shallow = _check_repo(repo_dir, config.rev)
+    with opened_repo(config) as (repo_dir, shallow):
         return _mine(repo_dir, config, shallow, progress, shas)
 
 
 def _mine(repo_dir: str, config: MineConfig, shallow: frozenset[str], progress: bool,
           shas: Sequence[str] | None = None) -> Manifest:
-    repo_name = config.name or _repo_name(config.repo)
+    repo_name = config.name or short_repo_name(config.repo)
     writer = DatasetWriter(config.out, resume=config.resume, shard_records=config.shard_records)
     miner = CommitMiner(repo_dir, config, repo_name, shallow)
     run = {"repo": config.repo if _URL.match(config.repo) else repo_name, "rev": config.rev,

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, fields, replace
@@ -32,7 +31,7 @@ from analyzer.types import Record
 from miners.dataset import DONE, MANIFEST, SHARD_PREFIX, SKIPPED, DatasetWriter, Manifest
 from miners.fixes import FixConfig
 from miners.history import git
-from miners.mine import _URL, MineConfig, _check_repo, _clone, _repo_name, mine_repo
+from miners.mine import MineConfig, mine_repo, opened_repo, short_repo_name
 
 RANGES = "ranges"
 """Subdirectory of ``--out`` holding one directory per mined range until the merge."""
@@ -111,9 +110,7 @@ class RangeJob:
 
 def list_commits(config: MineConfig) -> list[str]:
     """The shas ``mine_repo(config)`` would mine, in its order (newest first)."""
-    with tempfile.TemporaryDirectory(prefix="ptbot-plan-") as tmp:
-        repo_dir = _clone(config.repo, tmp) if _URL.match(config.repo) else os.path.abspath(config.repo)
-        _check_repo(repo_dir, config.rev)
+    with opened_repo(config) as (repo_dir, _):
         select = [f"--since={config.since}"] if config.since else []
         select += [f"--until={config.until}"] if config.until else []
         select += [f"--max-count={config.max_commits}"] if config.max_commits is not None else []
@@ -124,7 +121,7 @@ def plan_ranges(config: MineConfig, range_commits: int = 500) -> list[RangeJob]:
     """Cut ``config.repo``'s history into ranges of at most ``range_commits`` commits."""
     if not 1 <= range_commits <= MAX_RANGE_COMMITS:
         raise ValueError(f"range_commits must be between 1 and {MAX_RANGE_COMMITS}, got {range_commits}")
-    name = config.name or _repo_name(config.repo)
+    name = config.name or short_repo_name(config.repo)
     cfg = config_to_dict(replace(config, name=name))
     what = {k: v for k, v in cfg.items() if k not in _RUN_ONLY}
     shas = list_commits(config)
