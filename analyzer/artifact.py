@@ -48,21 +48,30 @@ def resolve_model_dir(path: Path | str) -> Path:
 
 def read_manifest(model_dir: Path) -> dict[str, Any]:
     """Read and check a model directory's manifest; raise ``ArtifactError`` with what to do."""
-    path = Path(model_dir) / MANIFEST
     if not Path(model_dir).is_dir():
         raise ArtifactError(f"model directory not found: {model_dir}")
+    return read_checked_json(Path(model_dir), FORMAT, FORMAT_VERSION, ArtifactError, "ptbot model",
+                             "not a ptbot model directory (build one with `ptbot pretrain` then `ptbot bind`)")
+
+
+def read_checked_json(directory: Path, fmt: str, version: int, error: type[Exception], kind: str,
+                      what_else: str) -> dict[str, Any]:
+    """``directory/manifest.json`` of a self-describing artifact, checked for its format name and
+    for a version this ptbot can read; ``error(message)`` says what is wrong (``kind``: the
+    artifact's name in messages; ``what_else``: what a directory without a manifest is not, and
+    how to make one)."""
+    path = Path(directory) / MANIFEST
     if not path.exists():
-        raise ArtifactError(f"{model_dir} has no {MANIFEST}: not a ptbot model directory "
-                            "(build one with `ptbot pretrain` then `ptbot bind`)")
+        raise error(f"{directory} has no {MANIFEST}: {what_else}")
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ArtifactError(f"{path} is not valid JSON: {e}") from e
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{path} is not a ptbot model manifest")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise ArtifactError(f"{model_dir} was written by a newer ptbot (format "
-                            f"{manifest['format_version']}); upgrade ptbot")
+        raise error(f"{path} is not valid JSON: {e}") from e
+    if manifest.get("format") != fmt:
+        raise error(f"{path} is not a {kind} manifest")
+    if manifest.get("format_version", 0) > version:
+        raise error(f"{directory} was written by a newer ptbot (format {manifest['format_version']}); "
+                    "upgrade ptbot")
     return manifest
 
 

@@ -39,7 +39,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from analyzer.artifact import SupervisorRef
+from analyzer.artifact import SupervisorRef, read_checked_json
 from analyzer.features import FeatureConfig, StateCache, extract
 from analyzer.supervisor import Supervisor
 
@@ -108,19 +108,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def read_manifest(out_dir: Path) -> dict[str, Any]:
     """The shards directory's manifest; ``ShardError`` says what to do when there is none."""
-    path = Path(out_dir) / MANIFEST
-    if not path.exists():
-        raise ShardError(f"{out_dir} has no {MANIFEST}: not a line-states directory "
-                         "(make one with `ptbot extract DATA... --out DIR`)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ShardError(f"{path} is not valid JSON: {e}") from e
-    if manifest.get("format") != FORMAT:
-        raise ShardError(f"{path} is not a ptbot line-states manifest")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise ShardError(f"{out_dir} was written by a newer ptbot; upgrade ptbot")
-    return manifest
+    return read_checked_json(Path(out_dir), FORMAT, FORMAT_VERSION, ShardError, "ptbot line-states",
+                             "not a line-states directory (make one with `ptbot extract DATA... --out DIR`)")
 
 
 def check_supervisor(manifest: dict[str, Any], ref: SupervisorRef, out_dir: Path) -> None:
