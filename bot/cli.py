@@ -296,6 +296,26 @@ def _state_cache(ctx: click.Context, sup):
     return StateCache(Path(_settings(ctx).cache_dir).expanduser(), sup)
 
 
+def _reading_options(fn):
+    """Options that decide which texts stage 1 reads: shared by `pretrain` and `extract`, which
+    must make the very same texts."""
+    options = [
+        click.option("--supervisor", default="smollm2", show_default=True,
+                     help="Supervisor LLM: smollm2, gemma3-270m, a hub id, a local dir or a .gguf file."),
+        click.option("--layer", type=click.IntRange(min=1), help="Decoder block to probe (default: ceil(L/4))."),
+        click.option("--languages", help="Only records of these languages (comma-separated)."),
+        click.option("--mutations", default=2, show_default=True, type=click.IntRange(min=0),
+                     help="Mutated copies per clean snippet (swap, foreign line, delete)."),
+        click.option("--fine-mutations", is_flag=True, help="Also use operator-level mutations."),
+        click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+                     help="Leave out the problems `ptbot bind` will hold out for its dev split (same seed)."),
+        click.option("--max-records", type=click.IntRange(min=1), help="Use a seeded random subset of the records."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @cli.command()
 @click.argument("data", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -303,20 +323,11 @@ def _state_cache(ctx: click.Context, sup):
 @click.option("--shards", "shards_dir", type=click.Path(file_okay=False, exists=True),
               help="Train on line states made by `ptbot extract` instead of DATA (no supervisor run; "
                    "records, mutations, dev split, supervisor and layer are those of the extraction).")
-@click.option("--supervisor", default="smollm2", show_default=True,
-              help="Supervisor LLM: smollm2, gemma3-270m, a hub id, a local dir or a .gguf file.")
-@click.option("--layer", type=click.IntRange(min=1), help="Decoder block to probe (default: ceil(L/4)).")
-@click.option("--languages", help="Only records of these languages (comma-separated).")
-@click.option("--mutations", default=2, show_default=True, type=click.IntRange(min=0),
-              help="Mutated copies per clean snippet (swap, foreign line, delete).")
-@click.option("--fine-mutations", is_flag=True, help="Also use operator-level mutations.")
+@_reading_options
 @click.option("--latents", type=click.IntRange(min=1), help="SAE dictionary size (default 4 x hidden).")
 @click.option("--k", "topk", type=click.IntRange(min=1), help="Active latents per line (default 32).")
 @click.option("--contrastive-weight", type=click.FloatRange(min=0), help="Weight of the contrastive loss (0 = off).")
 @click.option("--epochs", type=click.IntRange(min=1), help="SAE training epochs.")
-@click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="Leave out the problems `ptbot bind` will hold out for its dev split (same seed).")
-@click.option("--max-records", type=click.IntRange(min=1), help="Use a seeded random subset of the records.")
 @click.option("--name", help="Model name recorded in the manifest (default: the directory name).")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
@@ -988,16 +999,7 @@ def _pretrain_from_shards(ctx: click.Context, data, shards_dir: str, out_dir: st
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for manifest.json, plan/ and shard-NNNNN.safetensors (rerun to resume).")
-@click.option("--supervisor", default="smollm2", show_default=True,
-              help="Supervisor LLM: smollm2, gemma3-270m, a hub id, a local dir or a .gguf file.")
-@click.option("--layer", type=click.IntRange(min=1), help="Decoder block to probe (default: ceil(L/4)).")
-@click.option("--languages", help="Only records of these languages (comma-separated).")
-@click.option("--mutations", default=2, show_default=True, type=click.IntRange(min=0),
-              help="Mutated copies per clean snippet, as `ptbot pretrain` makes them.")
-@click.option("--fine-mutations", is_flag=True, help="Also use operator-level mutations.")
-@click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="Leave out the problems `ptbot bind` will hold out (as pretrain does).")
-@click.option("--max-records", type=click.IntRange(min=1), help="Use a seeded random subset of the records.")
+@_reading_options
 @click.option("--seed", default=0, show_default=True, help="Seed of the mutations, split and subset.")
 @click.option("--shard-size", default=4096, show_default=True, type=click.IntRange(min=1),
               help="Texts per shard (one gpu task each with --queue: keep it under the worker's time "
