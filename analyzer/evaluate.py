@@ -239,7 +239,7 @@ def _platt(scores: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Calibr
 
 
 def _ranker_method(name: str, seed: int, train: Sequence[Reading], tests: Mapping[str, Sequence[Reading]],
-                   feats, ranker_cfg: dict[str, Any], cfg: EvalConfig) -> MethodRun:
+                   feats, ranker_cfg: dict[str, Any], cfg: EvalConfig, prior_in_training: bool = False) -> MethodRun:
     """Train the per-line ranker on ``feats(reading)`` (fit split), calibrate on dev, score tests."""
     fit, dev = _split(train, cfg.dev_fraction, seed)
 
@@ -249,14 +249,14 @@ def _ranker_method(name: str, seed: int, train: Sequence[Reading], tests: Mappin
 
     fit_s, dev_s = slates(fit), slates(dev)
     rc = RankerConfig(**{**ranker_cfg, "d_in": fit_s[0].features.shape[1], "seed": seed})
-    ranker, _ = train_ranker(rc, fit_s, dev_s, progress=cfg.progress)
+    ranker, _ = train_ranker(rc, fit_s, dev_s, progress=cfg.progress, prior_in_training=prior_in_training)
     with torch.no_grad():
-        calib = _platt([ranker(s.features).double().numpy() for s in dev_s], [r.labels for r in dev])
+        calib = _platt([ranker(s.features, s.tokens).double().numpy() for s in dev_s], [r.labels for r in dev])
         run = MethodRun(name, seed, _ids(fit), _ids(dev))
         for ds, rs in tests.items():
             out = []
             for r in rs:
-                logits = ranker(feats(r)).double().numpy()
+                logits = ranker(feats(r), torch.as_tensor(r.tokens)).double().numpy()
                 out.append(_prediction(r, logits, calib.predict(logits)))
             run.predictions[ds] = out
     return run
@@ -420,7 +420,10 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
         _attach_full(sup_full, train_r + [r for rs in test_r.values() for r in rs], features, full_cache, cfg)
         del sup_full
 
-    ranker_cfg = {k: v for k, v in (manifest.get("ranker") or {}).items() if k not in ("d_in", "seed")}
+    # A bound model's own ranker settings, read as an artifact (fields it predates keep the meaning
+    # they had then); an unbound model gets today's defaults.
+    bound = RankerConfig.from_dict(manifest["ranker"]).to_dict() if manifest.get("ranker") else {}
+    ranker_cfg = {k: v for k, v in bound.items() if k not in ("d_in", "seed")}
     if cfg.ranker_epochs is not None:
         ranker_cfg["epochs"] = cfg.ranker_epochs
 
@@ -436,9 +439,10 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
             elif method == "pttrust":
                 run = _shipped_pttrust(loaded, test_r)
             elif method == "probe":
+                # The paper's probing classifier: the ranker alone, without the product's length prior.
                 run = _ranker_method(method, seed, train_r, test_r,
                                      lambda r: ranker_inputs(r.snippet.states, r.snippet.lines, features),
-                                     ranker_cfg, cfg)
+                                     {**ranker_cfg, "length_prior": 0.0}, cfg)
             elif method in ("lookback", "lookback_mlp"):
                 run = _classifier_method(method, "logistic" if method == "lookback" else "mlp",
                                          seed, train_r, test_r, cfg)
@@ -484,7 +488,7 @@ def _shipped_pttrust(loaded: LoadedModel, tests: Mapping[str, Sequence[Reading]]
         for ds, rs in tests.items():
             out = []
             for r in rs:
-                logits = ranker(_sae_inputs(loaded.sae, r, loaded.features)).double().numpy()
+                logits = ranker(_sae_inputs(loaded.sae, r, loaded.features), torch.as_tensor(r.tokens)).double().numpy()
                 out.append(_prediction(r, logits, calib.predict(logits)))
             run.predictions[ds] = out
     return run

@@ -141,6 +141,14 @@ class RankerConfig:
     """Stop after this many epochs without a better dev score."""
     seed: int = 0
     """Seed of the initialisation, dropout and shuffling."""
+    length_prior: float = 6.0
+    """Weight of a fixed prior added to every *scoring* logit: the line's log(1 + token count)
+    centred on its snippet (``length_prior_term``). Longest-line-first is the ranking that
+    transfers best across languages, and a ranker trained on Python states alone leans on cues
+    that do not carry over. 6 was chosen on mined non-Python fixes and the Python dev split, never
+    on evaluation data; training ignores the prior (trained with it, the MLP learned to cancel it
+    on Python and transferred worse); both in BENCHMARKS.md, variant selection. 0 = none; models
+    written before this field existed read as 0 (``from_dict``)."""
 
     def __post_init__(self) -> None:
         for name in ("d_in", "hidden", "layers", "epochs", "batch_snippets", "patience"):
@@ -151,7 +159,7 @@ class RankerConfig:
         for name in ("lr", "temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"RankerConfig.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "ndcg_weight", "bce_weight"):
+        for name in ("weight_decay", "ndcg_weight", "bce_weight", "length_prior"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RankerConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.ndcg_weight == 0 and self.bce_weight == 0:
@@ -167,7 +175,7 @@ class RankerConfig:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown RankerConfig fields {sorted(unknown)}; was the artifact built by a newer ptbot?")
-        return cls(**d)
+        return cls(**{"length_prior": 0.0, **d})
 
 
 class RankerMLP(nn.Module):
@@ -182,11 +190,34 @@ class RankerMLP(nn.Module):
         mods += [nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, 1)]
         self.net = nn.Sequential(*mods)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Risk logits of lines ``x`` (..., d_in) -> (...); higher = riskier."""
+    def mlp_logits(self, x: Tensor) -> Tensor:
+        """The MLP's own logits for lines ``x`` (..., d_in) -> (...): what training optimises."""
         if x.shape[-1] != self.cfg.d_in:
             raise ValueError(f"ranker expects {self.cfg.d_in}-d line features, got {tuple(x.shape)}")
         return self.net(x).squeeze(-1)
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
+        """Risk logits of one snippet's lines ``x`` (L, d_in) -> (L,); higher = riskier.
+
+        ``tokens`` (L,): each line's token count, needed when ``cfg.length_prior`` is set.
+        """
+        logits = self.mlp_logits(x)
+        if self.cfg.length_prior:
+            if tokens is None or tokens.shape != logits.shape:
+                raise ValueError(f"this ranker adds a length prior: pass the token count of each of the "
+                                 f"{tuple(logits.shape)} lines")
+            logits = logits + self.cfg.length_prior * length_prior_term(tokens)
+        return logits
+
+
+def length_prior_term(tokens: Tensor) -> Tensor:
+    """(L,) token counts -> (L,) log(1 + count) minus its mean over the snippet.
+
+    Centred, so the prior only orders lines within a file and leaves the logit's level, which the
+    calibrator reads as the file's overall risk, unchanged.
+    """
+    ll = torch.log1p(tokens.to(torch.float32))
+    return ll - ll.mean(dim=-1, keepdim=True)
 
 
 @dataclass(frozen=True)
@@ -231,6 +262,17 @@ def _pad(slates: list[Slate]) -> tuple[Tensor, Tensor, Tensor]:
     return x, y, mask
 
 
+def _batch_logits(model: RankerMLP, slates: list[Slate], x: Tensor, prior_in_training: bool) -> Tensor:
+    """(B, L) logits of padded ``x``; with ``prior_in_training`` (an ablation) the length prior too."""
+    logits = model.mlp_logits(x)
+    if prior_in_training and model.cfg.length_prior:
+        prior = torch.zeros_like(logits)
+        for i, s in enumerate(slates):
+            prior[i, :len(s.tokens)] = length_prior_term(s.tokens)
+        logits = logits + model.cfg.length_prior * prior
+    return logits
+
+
 def ranker_loss(logits: Tensor, y: Tensor, mask: Tensor, cfg: RankerConfig) -> Tensor:
     """``ndcg_weight * neural_ndcg + bce_weight * BCEWithLogits`` over the real lines of a padded batch."""
     loss = logits.new_zeros(())
@@ -243,7 +285,8 @@ def ranker_loss(logits: Tensor, y: Tensor, mask: Tensor, cfg: RankerConfig) -> T
 
 
 @torch.no_grad()
-def evaluate_ranker(model: RankerMLP, slates: list[Slate], batch_snippets: int = 64) -> dict[str, float]:
+def evaluate_ranker(model: RankerMLP, slates: list[Slate], batch_snippets: int = 64,
+                    prior_in_training: bool = False) -> dict[str, float]:
     """Mean loss over batches and token-weighted Top-1 hit rate (NaN if no slate has a buggy line)."""
     was_training = model.training
     model.eval()
@@ -251,7 +294,7 @@ def evaluate_ranker(model: RankerMLP, slates: list[Slate], batch_snippets: int =
     for i in range(0, len(slates), batch_snippets):
         chunk = slates[i:i + batch_snippets]
         x, y, mask = _pad(chunk)
-        logits = model(x)
+        logits = _batch_logits(model, chunk, x, prior_in_training)
         losses.append(float(ranker_loss(logits, y, mask, model.cfg)) * len(chunk))
         for j, s in enumerate(chunk):
             m = s.features.shape[0]
@@ -299,8 +342,11 @@ def _length_batches(slates: list[Slate], size: int, gen: torch.Generator, pool: 
 
 
 def train_ranker(cfg: RankerConfig, train: list[Slate], dev: list[Slate],
-                 progress: bool = True) -> tuple[RankerMLP, dict[str, Any]]:
+                 progress: bool = True, prior_in_training: bool = False) -> tuple[RankerMLP, dict[str, Any]]:
     """Train on ``train`` with early stopping on ``dev``; returns the best model (eval mode) and its history.
+
+    The loss and early stopping see the MLP's own logits; ``prior_in_training`` adds the length
+    prior to them as well (only for the ablation that decided against it, BENCHMARKS.md).
 
     Deterministic for a given seed: the global RNG is forked, so callers' random state is untouched.
     History: ``{"epochs": [{"epoch", "train_loss", "dev_loss", "dev_top1"}...], "best_epoch",
@@ -321,12 +367,12 @@ def train_ranker(cfg: RankerConfig, train: list[Slate], dev: list[Slate],
             for batch in _length_batches(train, cfg.batch_snippets, gen):
                 chunk = [train[j] for j in batch]
                 x, y, mask = _pad(chunk)
-                loss = ranker_loss(model(x), y, mask, cfg)
+                loss = ranker_loss(_batch_logits(model, chunk, x, prior_in_training), y, mask, cfg)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(chunk)
-            dev_metrics = evaluate_ranker(model, dev)
+            dev_metrics = evaluate_ranker(model, dev, prior_in_training=prior_in_training)
             epochs.append({"epoch": epoch, "train_loss": total / len(train),
                            "dev_loss": dev_metrics["loss"], "dev_top1": dev_metrics["top1"]})
             bar.set_postfix(dev_top1=f"{dev_metrics['top1']:.3f}", dev_loss=f"{dev_metrics['loss']:.3f}")

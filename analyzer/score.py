@@ -104,7 +104,8 @@ class RiskScorer:
                 continue
             z = self.sae.encode(sn.states)                      # (n, n_latents)
             x = ranker_inputs(z, sn.lines, self.features)       # (n, n_inputs)
-            logits = self.ranker(x).float().numpy()             # (n,)
+            tokens = torch.tensor([s.n_tokens for s in sn.lines])
+            logits = self.ranker(x, tokens).float().numpy()     # (n,)
             probs = self.calibrator.predict(logits)
             centred = (z - z.mean(dim=0, keepdim=True)).numpy()
             keep = [i for i, s in enumerate(sn.lines) if req.lines is None or s.line in req.lines]

@@ -251,7 +251,7 @@ def predictions(ranker, calibrator: Calibrator | None, slates: Sequence[Slate]) 
     out = []
     with torch.no_grad():
         for s in slates:
-            logits = ranker(s.features).float().numpy()
+            logits = ranker(s.features, s.tokens).float().numpy()
             probs = calibrator.predict(logits) if calibrator is not None else None
             out.append(SnippetPrediction(scores=logits, labels=s.labels.numpy().astype(int),
                                          tokens=s.tokens.numpy(), probabilities=probs, group=s.group))

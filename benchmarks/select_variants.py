@@ -27,6 +27,12 @@ made fit/dev in the first place (it would put every fit record on the training s
     python benchmarks/select_variants.py --fit py-fit.jsonl --dev py-dev.jsonl \\
         --tests ../shared/data/humanevalpack-go.jsonl ... --model analyzer/default_model --seeds 3
 
+Length prior (``RankerConfig.length_prior``): ``sae^p6`` is variant ``sae`` scored with the prior
+at weight 6 (what ``ptbot bind`` ships), ``sae^t6`` the same prior also inside the training loss;
+``--blend 2,6`` reports every variant with the prior added after training at each weight
+(``+off6`` equals ``^p6``, from the same trained ranker) and with a rank-free blend of
+within-snippet z-scores (``+len6``), without training again.
+
 ``--fit``/``--dev``: write them with ``python benchmarks/select_variants.py --split DATA... --out DIR``
 (the same problem split as ``ptbot bind --seed 0``). Line states come from ``PTBOT_CACHE_DIR``.
 """
@@ -47,7 +53,7 @@ from analyzer.baselines import length_scores
 from analyzer.evaluate import EvalConfig, _ranker_method, _sae_inputs, _split, open_model, read_records
 from analyzer.features import StateCache, ranker_inputs
 from analyzer.metrics import SnippetPrediction, line_auroc, topk_hit_rate
-from analyzer.ranker import RankerConfig, Slate, train_ranker
+from analyzer.ranker import RankerConfig, Slate, length_prior_term, train_ranker
 from analyzer.records import in_dev, load_records, problem_key
 from analyzer.supervisor import Supervisor, SupervisorConfig
 from analyzer.train import pretraining_plan
@@ -84,6 +90,26 @@ def _ensemble(runs) -> dict[str, list[SnippetPrediction]]:
     return out
 
 
+def _zscore(x: np.ndarray) -> np.ndarray:
+    sd = x.std()
+    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
+
+
+def _with_length_prior(preds: list[SnippetPrediction], weight: float) -> list[SnippetPrediction]:
+    """Each snippet's learned scores and log token counts, both standardised within the snippet,
+    added with ``weight`` on length: an explicit prior toward long lines that the learned part can
+    overrule only by a margin (``length`` is the baseline that transfers best across languages)."""
+    return [replace(p, scores=_zscore(p.scores) + weight * _zscore(np.log1p(p.tokens.astype(np.float64))),
+                    probabilities=None) for p in preds]
+
+
+def _with_length_offset(preds: list[SnippetPrediction], weight: float) -> list[SnippetPrediction]:
+    """Learned logits plus ``weight`` x ``length_prior_term``: what ``RankerConfig.length_prior``
+    does when scoring (the log-odds scale is kept, so the calibrator still reads snippet risk)."""
+    return [replace(p, scores=p.scores + weight * length_prior_term(torch.as_tensor(p.tokens)).double().numpy(),
+                    probabilities=None) for p in preds]
+
+
 def _relative_shape(x: torch.Tensor) -> torch.Tensor:
     x = x.clone()
     for col in (-3, -1):
@@ -105,7 +131,7 @@ def _with_mutations(seed: int, fit, mutated, sets, feats, ranker_cfg) -> dict[st
     rc = RankerConfig(**{**ranker_cfg, "d_in": dev_s[0].features.shape[1], "seed": seed})
     ranker, _ = train_ranker(rc, slates(train), dev_s, progress=False)
     with torch.no_grad():
-        return {ds: [SnippetPrediction(scores=ranker(feats(r)).double().numpy(), labels=r.labels, tokens=r.tokens,
+        return {ds: [SnippetPrediction(scores=ranker(feats(r), torch.as_tensor(r.tokens)).double().numpy(), labels=r.labels, tokens=r.tokens,
                                        group=r.group) for r in rs] for ds, rs in sets.items()}
 
 
@@ -125,6 +151,8 @@ def main() -> None:
     ap.add_argument("--layers", default="", help="also sweep the probe over these layers (comma-separated)")
     ap.add_argument("--mutations", type=int, default=0, help="with +mut variants: mutated copies per fit record")
     ap.add_argument("--cache", type=Path, default=None, help="state cache root (default PTBOT_CACHE_DIR)")
+    ap.add_argument("--blend", default="", help="also report each variant + length prior with these weights "
+                    "(comma-separated; see _with_length_prior)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.split:
@@ -180,7 +208,8 @@ def main() -> None:
         for name in list(table):
             table[name + "~rel"] = {k: _relative_shape(v) for k, v in table[name].items()}
     feats = {name: (lambda r, t=t: t[id(r)]) for name, t in table.items()}
-    ranker_cfg = {k: v for k, v in loaded.manifest["ranker"].items() if k not in ("d_in", "seed")}
+    ranker_cfg = {"length_prior": 0.0,  # models written before the field had none
+                  **{k: v for k, v in loaded.manifest["ranker"].items() if k not in ("d_in", "seed")}}
     cfg = EvalConfig(methods=("probe",))
     results: dict[str, list[dict[str, dict[str, float]]]] = {}
     if args.mutations:
@@ -193,6 +222,10 @@ def main() -> None:
                           for ds, rs in sets.items()}]
     for variant in variants:
         base, ens = variant.split("-")[0], variant.endswith("-ens")
+        v_cfg, in_training = ranker_cfg, False
+        if "^" in base:  # "sae^p6": RankerConfig.length_prior = 6; "sae^t6": the same prior in training too
+            base, w = base.split("^")
+            v_cfg, in_training = {**ranker_cfg, "length_prior": float(w[1:])}, w[0] == "t"
         if base.endswith("+mut"):
             base = base[:-4]
             for seed in range(args.seeds):
@@ -205,11 +238,17 @@ def main() -> None:
         v_fit, v_sets = readings[layer]
         for seed in range(args.seeds):
             members = range(args.members) if ens else range(1)
-            runs = [_ranker_method(variant, seed * 100 + m + 1, v_fit, v_sets, feats[base], ranker_cfg, cfg)
+            runs = [_ranker_method(variant, seed * 100 + m + 1, v_fit, v_sets, feats[base], v_cfg, cfg,
+                                   prior_in_training=in_training)
                     for m in members]
             preds = _ensemble(runs)
             res = {ds: _metrics(p) for ds, p in preds.items()}
             results.setdefault(variant, []).append(res)
+            for w in [float(x) for x in args.blend.split(",") if x.strip()]:
+                results.setdefault(f"{variant}+len{w:g}", []).append(
+                    {ds: _metrics(_with_length_prior(p, w)) for ds, p in preds.items()})
+                results.setdefault(f"{variant}+off{w:g}", []).append(
+                    {ds: _metrics(_with_length_offset(p, w)) for ds, p in preds.items()})
             print(f"{variant} seed {seed}: dev top1 {res['dev']['top1']:.3f}", file=sys.stderr)
     names = list(sets)
     val = [n for n in names if n.startswith("val:")]

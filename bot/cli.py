@@ -376,6 +376,9 @@ def pretrain(ctx, data, out_dir, shards_dir, supervisor, layer, languages, mutat
 @click.option("--calibration", type=click.Choice(["platt", "temperature"]), default="platt", show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="NeuralNDCG temperature.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")
+@click.option("--length-prior", type=click.FloatRange(min=0),
+              help="Weight of the longest-line prior added to the ranker's scores (default 6, chosen on "
+                   "mined non-Python fixes; 0 = the ranker alone). See BENCHMARKS.md.")
 @click.option("--version", "model_version", help="Version recorded in the manifest (default: the training time).")
 @click.option("--feedback-db", metavar="URL",
               help="Also train on reviewers' feedback from this label store and promote the result only if "
@@ -383,12 +386,12 @@ def pretrain(ctx, data, out_dir, shards_dir, supervisor, layer, languages, mutat
                    "(`ptbot model init`). Same as `ptbot rebind DATA --home MODEL_DIR --feedback-db URL`.")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
-def bind(ctx, data, model_dir, languages, dev_fraction, calibration, temperature, epochs, model_version,
-         feedback_db, seed):
+def bind(ctx, data, model_dir, languages, dev_fraction, calibration, temperature, epochs, length_prior,
+         model_version, feedback_db, seed):
     """Stage 2: train the ranker (NeuralNDCG + pointwise head) and calibrate it on DATA."""
     if feedback_db:
-        if temperature is not None or model_version:
-            raise _fail("--temperature and --version are not used with --feedback-db")
+        if temperature is not None or length_prior is not None or model_version:
+            raise _fail("--temperature, --length-prior and --version are not used with --feedback-db")
         return ctx.invoke(rebind_cmd, data=data, home=model_dir, feedback_db=feedback_db, repo=None,
                           languages=languages, holdout=0.3, metric="top1", min_gain=0.0,
                           dev_fraction=dev_fraction, calibration=calibration, epochs=epochs, seed=seed)
@@ -402,7 +405,8 @@ def bind(ctx, data, model_dir, languages, dev_fraction, calibration, temperature
     except ArtifactError as e:
         raise _fail(str(e)) from e
     sup = _load_supervisor(_settings(ctx), manifest["supervisor"]["model"], manifest["supervisor"]["layer"])
-    rcfg = {k: v for k, v in {"temperature": temperature, "epochs": epochs}.items() if v is not None}
+    rcfg = {k: v for k, v in {"temperature": temperature, "epochs": epochs,
+                              "length_prior": length_prior}.items() if v is not None}
     try:
         manifest = run(sup, Path(model_dir), recs, ranker_cfg=rcfg, dev_fraction=dev_fraction,
                        seed=seed, calibration=calibration, cache=_state_cache(ctx, sup),

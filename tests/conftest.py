@@ -211,7 +211,9 @@ def put_pull_request(fake, number: int, head_sha: str, commits: Sequence[tuple[s
 
 TINY_SAE = {"n_latents": 64, "k": 8, "epochs": 2, "batch_size": 128, "pair_batch_size": 32}
 """SAE settings small enough for ``tiny_model_dir`` (hidden 64) to train in well under a second."""
-TINY_RANKER = {"hidden": 16, "epochs": 4, "patience": 2, "batch_snippets": 4}
+# No length prior in the tiny models: the synthetic records plant markers that line length says
+# nothing about, and tests of training, feedback and the gate must see what the ranker learnt.
+TINY_RANKER = {"hidden": 16, "epochs": 4, "patience": 2, "batch_snippets": 4, "length_prior": 0.0}
 
 
 def tiny_records(n: int = 24):

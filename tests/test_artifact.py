@@ -54,9 +54,9 @@ def test_ranker_round_trip_through_the_model_directory(tmp_path):
     model = RankerMLP(RankerConfig(d_in=131, hidden=16, seed=3)).eval()
     write_manifest(tmp_path, {"ranker": save_ranker(model, tmp_path)})
     loaded = load_ranker(tmp_path, read_manifest(tmp_path)["ranker"])
-    x = torch.randn(7, 131)
+    x, tokens = torch.randn(7, 131), torch.arange(1, 8)
     with torch.no_grad():
-        assert torch.equal(model(x), loaded(x))
+        assert torch.equal(model(x, tokens), loaded(x, tokens))
     assert not loaded.training
 
 

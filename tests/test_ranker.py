@@ -10,6 +10,7 @@ from analyzer.ranker import (
     RankerMLP,
     Slate,
     evaluate_ranker,
+    length_prior_term,
     load_ranker,
     neural_ndcg,
     save_ranker,
@@ -138,9 +139,42 @@ def test_save_load_round_trip(tmp_path):
     config = save_ranker(model, tmp_path)
     assert (tmp_path / "ranker.safetensors").exists()
     loaded = load_ranker(tmp_path, config)
-    x = torch.randn(11, 8)
-    torch.testing.assert_close(loaded(x), model(x))
+    x, tokens = torch.randn(11, 8), torch.randint(1, 20, (11,))
+    torch.testing.assert_close(loaded(x, tokens), model(x, tokens))
     assert RankerConfig.from_dict(config) == cfg
+
+
+def test_length_prior_term_is_log_length_centred_on_the_snippet():
+    got = length_prior_term(torch.tensor([0, 1, 3]))
+    ll = [math.log(1), math.log(2), math.log(4)]
+    want = [v - sum(ll) / 3 for v in ll]
+    torch.testing.assert_close(got, torch.tensor(want))
+
+
+def test_length_prior_is_added_when_scoring_and_ignored_in_training():
+    train, dev = _slates(12, seed=1), _slates(6, seed=2, prefix="d")
+    plain, _ = train_ranker(RankerConfig(d_in=8, epochs=3, patience=3, length_prior=0.0), train, dev, progress=False)
+    prior, _ = train_ranker(RankerConfig(d_in=8, epochs=3, patience=3, length_prior=6.0), train, dev, progress=False)
+    for p1, p2 in zip(plain.parameters(), prior.parameters()):
+        torch.testing.assert_close(p1, p2, rtol=0, atol=0)  # same MLP: the prior plays no part in training
+    s = dev[0]
+    with torch.no_grad():
+        torch.testing.assert_close(prior(s.features, s.tokens),
+                                   plain(s.features) + 6.0 * length_prior_term(s.tokens))
+    with pytest.raises(ValueError, match="length prior"):
+        prior(s.features)
+    # The ablation that decided it: with the prior in the loss the MLP learns something else.
+    cfg6 = RankerConfig(d_in=8, epochs=3, patience=3, length_prior=6.0)
+    inside, _ = train_ranker(cfg6, train, dev, progress=False, prior_in_training=True)
+    assert any(not torch.equal(p1, p2) for p1, p2 in zip(plain.parameters(), inside.parameters()))
+
+
+def test_models_written_before_the_length_prior_read_as_without_it():
+    legacy = {k: v for k, v in RankerConfig(d_in=8).to_dict().items() if k != "length_prior"}
+    assert RankerConfig.from_dict(legacy).length_prior == 0.0
+    assert RankerConfig(d_in=8).length_prior == 6.0
+    with pytest.raises(ValueError, match="length_prior must be >= 0"):
+        RankerConfig(d_in=8, length_prior=-1.0)
 
 
 def test_bad_input_is_refused(tmp_path):
