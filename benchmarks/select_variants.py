@@ -208,8 +208,9 @@ def main() -> None:
         for name in list(table):
             table[name + "~rel"] = {k: _relative_shape(v) for k, v in table[name].items()}
     feats = {name: (lambda r, t=t: t[id(r)]) for name, t in table.items()}
-    ranker_cfg = {"length_prior": 0.0,  # models written before the field had none
-                  **{k: v for k, v in loaded.manifest["ranker"].items() if k not in ("d_in", "seed")}}
+    # The ranker alone: a variant names its prior (^pW, ^tW, --blend), whatever MODEL was bound with.
+    ranker_cfg = {**{k: v for k, v in loaded.manifest["ranker"].items() if k not in ("d_in", "seed")},
+                  "length_prior": 0.0}
     cfg = EvalConfig(methods=("probe",))
     results: dict[str, list[dict[str, dict[str, float]]]] = {}
     if args.mutations:
