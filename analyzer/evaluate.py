@@ -238,6 +238,11 @@ def _platt(scores: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Calibr
     return Calibrator.fit(np.concatenate(scores), np.concatenate(labels), method="platt")
 
 
+def _ranker_logits(ranker, x: torch.Tensor, r: Reading) -> np.ndarray:
+    """(n_lines,) float64 logits of one reading's lines ``x`` (n_lines, d_in), length prior included."""
+    return ranker(x, torch.as_tensor(r.tokens)).double().numpy()
+
+
 def _ranker_method(name: str, seed: int, train: Sequence[Reading], tests: Mapping[str, Sequence[Reading]],
                    feats, ranker_cfg: dict[str, Any], cfg: EvalConfig, prior_in_training: bool = False) -> MethodRun:
     """Train the per-line ranker on ``feats(reading)`` (fit split), calibrate on dev, score tests."""
@@ -251,12 +256,12 @@ def _ranker_method(name: str, seed: int, train: Sequence[Reading], tests: Mappin
     rc = RankerConfig(**{**ranker_cfg, "d_in": fit_s[0].features.shape[1], "seed": seed})
     ranker, _ = train_ranker(rc, fit_s, dev_s, progress=cfg.progress, prior_in_training=prior_in_training)
     with torch.no_grad():
-        calib = _platt([ranker(s.features, s.tokens).double().numpy() for s in dev_s], [r.labels for r in dev])
+        calib = _platt([_ranker_logits(ranker, feats(r), r) for r in dev], [r.labels for r in dev])
         run = MethodRun(name, seed, _ids(fit), _ids(dev))
         for ds, rs in tests.items():
             out = []
             for r in rs:
-                logits = ranker(feats(r), torch.as_tensor(r.tokens)).double().numpy()
+                logits = _ranker_logits(ranker, feats(r), r)
                 out.append(_prediction(r, logits, calib.predict(logits)))
             run.predictions[ds] = out
     return run
@@ -488,7 +493,7 @@ def _shipped_pttrust(loaded: LoadedModel, tests: Mapping[str, Sequence[Reading]]
         for ds, rs in tests.items():
             out = []
             for r in rs:
-                logits = ranker(_sae_inputs(loaded.sae, r, loaded.features), torch.as_tensor(r.tokens)).double().numpy()
+                logits = _ranker_logits(ranker, _sae_inputs(loaded.sae, r, loaded.features), r)
                 out.append(_prediction(r, logits, calib.predict(logits)))
             run.predictions[ds] = out
     return run

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analyzer.evaluate import _sae_inputs, _split, open_model, read_records
+from analyzer.evaluate import _ranker_logits, _sae_inputs, _split, open_model, read_records
 from analyzer.features import StateCache
 from analyzer.metrics import brier_skill_score, ece
 from analyzer.ranker import RankerConfig, Slate, train_ranker
@@ -88,7 +88,7 @@ def main() -> None:
         ranker, _ = train_ranker(rc, slates(inner_fit), dev_s, progress=False)
         with torch.no_grad():
             def logits(rs):
-                return [ranker(feats[id(r)], torch.as_tensor(r.tokens)).double().numpy() for r in rs]
+                return [_ranker_logits(ranker, feats[id(r)], r) for r in rs]
 
             cal_s, cal_y = logits(inner_dev), np.concatenate([r.labels for r in inner_dev])
             weights = {k: fit_logistic(design(cal_s, k == "size-aware"), cal_y) for k in ("platt", "size-aware")}

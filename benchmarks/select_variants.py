@@ -50,7 +50,8 @@ import numpy as np
 import torch
 
 from analyzer.baselines import length_scores
-from analyzer.evaluate import EvalConfig, _ranker_method, _sae_inputs, _split, open_model, read_records
+from analyzer.evaluate import (EvalConfig, _ranker_logits, _ranker_method, _sae_inputs, _split, open_model,
+                               read_records)
 from analyzer.features import StateCache, ranker_inputs
 from analyzer.metrics import SnippetPrediction, line_auroc, topk_hit_rate
 from analyzer.ranker import RankerConfig, Slate, length_prior_term, train_ranker
@@ -95,7 +96,7 @@ def _zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
 
 
-def _with_length_prior(preds: list[SnippetPrediction], weight: float) -> list[SnippetPrediction]:
+def _with_zscore_blend(preds: list[SnippetPrediction], weight: float) -> list[SnippetPrediction]:
     """Each snippet's learned scores and log token counts, both standardised within the snippet,
     added with ``weight`` on length: an explicit prior toward long lines that the learned part can
     overrule only by a margin (``length`` is the baseline that transfers best across languages)."""
@@ -131,7 +132,7 @@ def _with_mutations(seed: int, fit, mutated, sets, feats, ranker_cfg) -> dict[st
     rc = RankerConfig(**{**ranker_cfg, "d_in": dev_s[0].features.shape[1], "seed": seed})
     ranker, _ = train_ranker(rc, slates(train), dev_s, progress=False)
     with torch.no_grad():
-        return {ds: [SnippetPrediction(scores=ranker(feats(r), torch.as_tensor(r.tokens)).double().numpy(), labels=r.labels, tokens=r.tokens,
+        return {ds: [SnippetPrediction(scores=_ranker_logits(ranker, feats(r), r), labels=r.labels, tokens=r.tokens,
                                        group=r.group) for r in rs] for ds, rs in sets.items()}
 
 
@@ -151,8 +152,8 @@ def main() -> None:
     ap.add_argument("--layers", default="", help="also sweep the probe over these layers (comma-separated)")
     ap.add_argument("--mutations", type=int, default=0, help="with +mut variants: mutated copies per fit record")
     ap.add_argument("--cache", type=Path, default=None, help="state cache root (default PTBOT_CACHE_DIR)")
-    ap.add_argument("--blend", default="", help="also report each variant + length prior with these weights "
-                    "(comma-separated; see _with_length_prior)")
+    ap.add_argument("--blend", default="", help="also report each variant with the length prior added after "
+                    "training at these weights (comma-separated): +offW (_with_length_offset), +lenW (_with_zscore_blend)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.split:
@@ -247,7 +248,7 @@ def main() -> None:
             results.setdefault(variant, []).append(res)
             for w in [float(x) for x in args.blend.split(",") if x.strip()]:
                 results.setdefault(f"{variant}+len{w:g}", []).append(
-                    {ds: _metrics(_with_length_prior(p, w)) for ds, p in preds.items()})
+                    {ds: _metrics(_with_zscore_blend(p, w)) for ds, p in preds.items()})
                 results.setdefault(f"{variant}+off{w:g}", []).append(
                     {ds: _metrics(_with_length_offset(p, w)) for ds, p in preds.items()})
             print(f"{variant} seed {seed}: dev top1 {res['dev']['top1']:.3f}", file=sys.stderr)
