@@ -256,7 +256,7 @@ def _ranker_method(name: str, seed: int, train: Sequence[Reading], tests: Mappin
     rc = RankerConfig(**{**ranker_cfg, "d_in": fit_s[0].features.shape[1], "seed": seed})
     ranker, _ = train_ranker(rc, fit_s, dev_s, progress=cfg.progress, prior_in_training=prior_in_training)
     with torch.no_grad():
-        calib = _platt([_ranker_logits(ranker, feats(r), r) for r in dev], [r.labels for r in dev])
+        calib = _platt([_ranker_logits(ranker, s.features, r) for s, r in zip(dev_s, dev)], [r.labels for r in dev])
         run = MethodRun(name, seed, _ids(fit), _ids(dev))
         for ds, rs in tests.items():
             out = []

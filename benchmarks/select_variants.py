@@ -153,7 +153,8 @@ def main() -> None:
     ap.add_argument("--mutations", type=int, default=0, help="with +mut variants: mutated copies per fit record")
     ap.add_argument("--cache", type=Path, default=None, help="state cache root (default PTBOT_CACHE_DIR)")
     ap.add_argument("--blend", default="", help="also report each variant with the length prior added after "
-                    "training at these weights (comma-separated): +offW (_with_length_offset), +lenW (_with_zscore_blend)")
+                    "training at these weights (comma-separated): +offW (_with_length_offset), "
+                    "+lenW (_with_zscore_blend)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.split:

@@ -19,9 +19,9 @@ import sys
 import tempfile
 import time
 from collections import deque
-from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
