@@ -118,6 +118,71 @@ def _relative_shape(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _with_neighbours(x: torch.Tensor) -> torch.Tensor:
+    """(L, d) -> (L, 3d): each line's features, then the previous and the next line's (zeros at the
+    file's edges). A line-end state has read only the code above it; whether the code below still
+    "makes sense" after a line is written there, in the next lines' states."""
+    z = torch.zeros_like(x[:1])
+    return torch.cat([x, torch.cat([z, x[:-1]]), torch.cat([x[1:], z])], dim=1)
+
+
+def _with_delta(x: torch.Tensor) -> torch.Tensor:
+    """(L, d) -> (L, 2d): each line's features and their change from the previous line (what this
+    line added to the model's state, rather than the state it left)."""
+    return torch.cat([x, x - torch.cat([x[:1], x[:-1]])], dim=1)
+
+
+def _with_file_scale(x: torch.Tensor) -> torch.Tensor:
+    """Latent columns (all but the last three shape columns) divided by their standard deviation
+    within the file: how far a line stands out in units of its own file's spread, whatever the
+    language's overall activation scale."""
+    x = x.clone()
+    lat = x[:, :-3]
+    x[:, :-3] = lat / lat.std(dim=0, keepdim=True, unbiased=False).clamp(min=1e-6)
+    return x
+
+
+def _with_file_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Latent columns replaced by their rank within the file, scaled to [-0.5, 0.5] (ties share a
+    rank): only the order of lines on each latent is kept."""
+    x = x.clone()
+    lat = x[:, :-3]
+    n = lat.shape[0]
+    cols = lat.T.contiguous()                                            # (d, L)
+    srt = cols.sort(dim=1).values
+    below = torch.searchsorted(srt, cols, side="left").float()           # lines strictly lower
+    upto = torch.searchsorted(srt, cols, side="right").float()           # lines lower or equal
+    x[:, :-3] = (((below + upto - 1) / 2) / max(n - 1, 1) - 0.5).T if n > 1 else 0.0
+    return x
+
+
+def _split_variants(spec: str) -> list[str]:
+    """Comma-separated variants; commas inside ``{...}`` belong to the variant's overrides."""
+    out, depth, cur = [], 0, ""
+    for ch in spec:
+        depth += (ch == "{") - (ch == "}")
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [v for v in out + [cur] if v.strip()]
+
+
+def _overrides(variant: str) -> tuple[str, dict[str, float]]:
+    """``"sae{hidden=16,dropout=0.3}^p6"`` -> (``"sae^p6"``, ``{"hidden": 16, "dropout": 0.3}``):
+    RankerConfig fields to change for this variant (numbers; ints stay ints)."""
+    if "{" not in variant:
+        return variant, {}
+    head, rest = variant.split("{", 1)
+    body, tail = rest.split("}", 1)
+    over = {}
+    for item in body.split(","):
+        k, v = item.split("=")
+        over[k.strip()] = int(v) if v.strip().lstrip("-").isdigit() else float(v)
+    return head + tail, over
+
+
 def _with_mutations(seed: int, fit, mutated, sets, feats, ranker_cfg) -> dict[str, list[SnippetPrediction]]:
     """``_ranker_method`` with mutated copies of the inner-fit records added to its training slates."""
     inner_fit, inner_dev = _split(fit, 0.2, seed)
@@ -188,7 +253,7 @@ def main() -> None:
         table = {"sae": {id(r): _sae_inputs(loaded.sae, r, loaded.features) for r in every},
                  "raw": {id(r): ranker_inputs(r.snippet.states, r.snippet.lines, loaded.features) for r in every}}
     readings = {loaded.sup.layer: (fit, sets)}
-    variants = args.variants.split(",")
+    variants = _split_variants(args.variants)
     for layer in [int(x) for x in args.layers.split(",") if x.strip()]:
         if layer == loaded.sup.layer:
             continue
@@ -203,13 +268,28 @@ def main() -> None:
                                      for r in lfit + [x for rs in lsets.values() for x in rs]}
         variants.append(f"raw@{layer}")
         del sup
-    if loaded.features.shape:
-        # "~rel": the shape columns (log tokens, log chars; the last three columns are
-        # [log tokens, position, log chars]) centred on the snippet mean too, so every input is
-        # relative to its file: Java lines are longer than Python lines across the board.
-        for name in list(table):
-            table[name + "~rel"] = {k: _relative_shape(v) for k, v in table[name].items()}
-    feats = {name: (lambda r, t=t: t[id(r)]) for name, t in table.items()}
+    # Derived feature sets, built on first use (each is a copy of its base table):
+    # "~rel": the shape columns (log tokens, log chars; the last three columns are
+    # [log tokens, position, log chars]) centred on the snippet mean too, so every input is
+    # relative to its file: Java lines are longer than Python lines across the board;
+    # "~nb" / "~dl": line context from neighbouring lines' states (no new forward pass);
+    # "~sc" / "~rk": latents in units of their file's spread / as ranks within the file.
+    derive = {"~rel": _relative_shape, "~nb": _with_neighbours, "~dl": _with_delta,
+              "~sc": _with_file_scale, "~rk": _with_file_ranks}
+
+    def table_of(name: str) -> dict:
+        if name not in table:
+            cut = name.rindex("~")
+            if name[cut:] == "~rel" and not loaded.features.shape:
+                raise SystemExit(f"variant {name}: the model's features have no shape columns")
+            table[name] = {k: derive[name[cut:]](v) for k, v in table_of(name[:cut]).items()}
+        return table[name]
+
+    class _Feats(dict):  # variant name -> (reading -> features), derived tables made on first use
+        def __missing__(self, name):
+            return lambda r, t=table_of(name): t[id(r)]
+
+    feats = _Feats()
     # The ranker alone: a variant names its prior (^pW, ^tW, --blend), whatever MODEL was bound with.
     ranker_cfg = {**{k: v for k, v in loaded.manifest["ranker"].items() if k not in ("d_in", "seed")},
                   "length_prior": 0.0}
@@ -224,11 +304,13 @@ def main() -> None:
                                                           group=r.group) for r in rs])
                           for ds, rs in sets.items()}]
     for variant in variants:
+        variant, overrides = _overrides(variant)
         base, ens = variant.split("-")[0], variant.endswith("-ens")
-        v_cfg, in_training = ranker_cfg, False
+        v_cfg, in_training = {**ranker_cfg, **overrides}, False
+        variant = variant + ("{" + ",".join(f"{k}={v:g}" for k, v in overrides.items()) + "}" if overrides else "")
         if "^" in base:  # "sae^p6": RankerConfig.length_prior = 6; "sae^t6": the same prior in training too
             base, w = base.split("^")
-            v_cfg, in_training = {**ranker_cfg, "length_prior": float(w[1:])}, w[0] == "t"
+            v_cfg, in_training = {**v_cfg, "length_prior": float(w[1:])}, w[0] == "t"
         if base.endswith("+mut"):
             base = base[:-4]
             for seed in range(args.seeds):
