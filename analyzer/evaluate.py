@@ -234,8 +234,9 @@ def _split(train: Sequence[Reading], dev_fraction: float, seed: int) -> tuple[li
     return fit, dev
 
 
-def _platt(scores: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Calibrator:
-    return Calibrator.fit(np.concatenate(scores), np.concatenate(labels), method="platt")
+def _calibrate(scores: Sequence[np.ndarray], labels: Sequence[np.ndarray], method: str = "platt") -> Calibrator:
+    """Fit ``method`` on held-out logits and labels, one array per snippet."""
+    return Calibrator.fit_files(scores, labels, method=method)
 
 
 def _ranker_logits(ranker, x: torch.Tensor, r: Reading) -> np.ndarray:
@@ -244,7 +245,8 @@ def _ranker_logits(ranker, x: torch.Tensor, r: Reading) -> np.ndarray:
 
 
 def _ranker_method(name: str, seed: int, train: Sequence[Reading], tests: Mapping[str, Sequence[Reading]],
-                   feats, ranker_cfg: dict[str, Any], cfg: EvalConfig, prior_in_training: bool = False) -> MethodRun:
+                   feats, ranker_cfg: dict[str, Any], cfg: EvalConfig, prior_in_training: bool = False,
+                   calibration: str = "centred") -> MethodRun:
     """Train the per-line ranker on ``feats(reading)`` (fit split), calibrate on dev, score tests."""
     fit, dev = _split(train, cfg.dev_fraction, seed)
 
@@ -256,7 +258,8 @@ def _ranker_method(name: str, seed: int, train: Sequence[Reading], tests: Mappin
     rc = RankerConfig(**{**ranker_cfg, "d_in": fit_s[0].features.shape[1], "seed": seed})
     ranker, _ = train_ranker(rc, fit_s, dev_s, progress=cfg.progress, prior_in_training=prior_in_training)
     with torch.no_grad():
-        calib = _platt([_ranker_logits(ranker, s.features, r) for s, r in zip(dev_s, dev)], [r.labels for r in dev])
+        calib = _calibrate([_ranker_logits(ranker, s.features, r) for s, r in zip(dev_s, dev)],
+                           [r.labels for r in dev], calibration)
         run = MethodRun(name, seed, _ids(fit), _ids(dev))
         for ds, rs in tests.items():
             out = []
@@ -276,7 +279,7 @@ def _classifier_method(name: str, kind: str, seed: int, train: Sequence[Reading]
     x_dev = np.concatenate([r.full.lookback for r in dev])
     y_dev = np.concatenate([r.labels for r in dev])
     clf = LineClassifier.fit(ClassifierConfig(kind=kind, seed=seed), x_fit, y_fit, dev=(x_dev, y_dev))
-    calib = _platt([clf.logits(x_dev)], [y_dev])
+    calib = _calibrate([clf.logits(x_dev)], [y_dev])
     run = MethodRun(name, seed, _ids(fit), _ids(dev))
     for ds, rs in tests.items():
         run.predictions[ds] = [_prediction(r, s, calib.predict(s))
@@ -291,7 +294,7 @@ def _fixed_method(name: str, score, train: Sequence[Reading], tests: Mapping[str
     if name != "random" and train:
         # log1p(count) for length: a logistic in log-length fits far better than in raw length.
         squash = (lambda s: np.log1p(s)) if name == "length" else (lambda s: s)
-        platt = _platt([squash(score(r)) for r in train], [r.labels for r in train])
+        platt = _calibrate([squash(score(r)) for r in train], [r.labels for r in train])
         calib = lambda s: platt.predict(squash(s))  # noqa: E731
     run = MethodRun(name, 0, frozenset(), _ids(train) if calib else frozenset())
     for ds, rs in tests.items():
@@ -431,6 +434,9 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
     ranker_cfg = {k: v for k, v in bound.items() if k not in ("d_in", "seed")}
     if cfg.ranker_epochs is not None:
         ranker_cfg["epochs"] = cfg.ranker_epochs
+    # Rankers trained here are calibrated the way the model was bound ('centred' for new models).
+    calibration = (manifest.get("calibration") or {}).get("method", "centred")
+    calibration = "platt" if calibration == "identity" else calibration
 
     runs: list[MethodRun] = []
     by_method: dict[str, list[MethodRun]] = {}
@@ -440,14 +446,15 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
             log.info("evaluating %s (seed %d)", method, seed)
             if method == "pttrust" and train_r:
                 run = _ranker_method(method, seed, train_r, test_r,
-                                     lambda r: _sae_inputs(sae, r, features), ranker_cfg, cfg)
+                                     lambda r: _sae_inputs(sae, r, features), ranker_cfg, cfg,
+                                     calibration=calibration)
             elif method == "pttrust":
                 run = _shipped_pttrust(loaded, test_r)
             elif method == "probe":
                 # The paper's probing classifier: the ranker alone, without the product's length prior.
                 run = _ranker_method(method, seed, train_r, test_r,
                                      lambda r: ranker_inputs(r.snippet.states, r.snippet.lines, features),
-                                     {**ranker_cfg, "length_prior": 0.0}, cfg)
+                                     {**ranker_cfg, "length_prior": 0.0}, cfg, calibration=calibration)
             elif method in ("lookback", "lookback_mlp"):
                 run = _classifier_method(method, "logistic" if method == "lookback" else "mlp",
                                          seed, train_r, test_r, cfg)

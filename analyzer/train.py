@@ -260,7 +260,7 @@ def predictions(ranker, calibrator: Calibrator | None, slates: Sequence[Slate]) 
 
 def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
          ranker_cfg: dict[str, Any] | None = None, dev_fraction: float = 0.2, seed: int = 0,
-         calibration: str = "platt", progress: bool = True,
+         calibration: str = "centred", progress: bool = True,
          cache: StateCache | None = None, version: str | None = None) -> dict[str, Any]:
     """Stage 2: train the ranker and calibrator on labelled records; update ``model_dir``.
 
@@ -282,11 +282,7 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     ranker, history = train_ranker(cfg, train, dev, progress=progress)
     ranker.eval()
     dev_preds = predictions(ranker, None, dev)
-    logits = [p.scores for p in dev_preds]
-    import numpy as np
-
-    calib = Calibrator.fit(np.concatenate(logits), np.concatenate([p.labels for p in dev_preds]),
-                           method=calibration)
+    calib = Calibrator.fit_files([p.scores for p in dev_preds], [p.labels for p in dev_preds], method=calibration)
     base_rate = float(torch.cat([s.labels for s in train]).mean())
     dev_metrics = evaluate(predictions(ranker, calib, dev), base_rate=base_rate, n_boot=200, seed=seed)
     save_ranker(ranker, model_dir)

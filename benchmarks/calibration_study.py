@@ -1,11 +1,12 @@
-"""Does calibration transfer better when it knows the snippet's size? (exploratory, issue #3)
+"""Which calibration map transfers across languages? (exploratory, issue #3)
 
 Platt scaling fitted on Python maps a ranker score to P(buggy) as if every file had Python's
-share of buggy lines. Most snippets have one or two buggy lines, so that share falls with the
-number of lines, and files in Java or C++ are longer: Python-fitted probabilities run high there.
-This script fits, on the same held-out Python records, plain Platt ``sigmoid(a*s + b)`` and a
-size-aware Platt ``sigmoid(a*s + b + c*log(n_lines))``, and reports ECE (15 bins) and BSS on the
-Python dev split, the transfer-validation sets (mined fixes) and, for reference, the test sets.
+share of buggy lines and Python's spread of scores. Two suspects for the miscalibration seen on
+other languages: the base rate (most snippets have one or two buggy lines, so the share of buggy
+lines falls with the number of lines, and Java or C++ files are longer), and a language-wide shift
+of the scores themselves. This script fits each design in ``KINDS`` on the same held-out Python
+records and reports ECE (15 bins) and BSS on the Python dev split, the transfer-validation sets
+(mined fixes) and, for reference, the test sets.
 
     python benchmarks/calibration_study.py --fit split/fit.jsonl --dev split/dev.jsonl \\
         --select xval/*.jsonl --tests $D/humanevalpack-*.jsonl --model analyzer/default_model
@@ -43,11 +44,35 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 200) -> np.ndarray:
     return w
 
 
-def design(scores: list[np.ndarray], size_aware: bool) -> np.ndarray:
-    cols = [np.concatenate(scores), np.ones(sum(len(s) for s in scores))]
-    if size_aware:
-        cols.append(np.concatenate([np.full(len(s), np.log(len(s))) for s in scores]))
-    return np.stack(cols, axis=1)
+KINDS = ("platt", "size-aware", "centred", "rank", "zscore", "centred+rank")
+"""Calibration designs compared (columns of the logistic map's input, one row per line):
+- ``platt``: [s, 1], what ``ptbot bind`` fits;
+- ``size-aware``: [s, 1, log n_lines];
+- ``centred``: [s - mean of the file's s, 1, log n_lines]: only how a line stands out in its file,
+  so a language-wide shift of the scores cannot move the probabilities;
+- ``rank``: [log rank in the file (1 = riskiest), 1, log n_lines]: no score at all, only the order;
+- ``zscore``: ``centred`` divided by the file's standard deviation of s;
+- ``centred+rank``: both columns."""
+
+
+def design(scores: list[np.ndarray], kind: str) -> np.ndarray:
+    n = np.concatenate([np.full(len(s), np.log(len(s))) for s in scores])
+    ones = np.ones(len(n))
+    if kind == "platt":
+        return np.stack([np.concatenate(scores), ones], axis=1)
+    if kind == "size-aware":
+        return np.stack([np.concatenate(scores), ones, n], axis=1)
+    if kind == "centred":
+        return np.stack([np.concatenate([s - s.mean() for s in scores]), ones, n], axis=1)
+    if kind == "rank":
+        ranks = [np.log1p(np.argsort(np.argsort(-s, kind="stable"))) for s in scores]
+        return np.stack([np.concatenate(ranks), ones, n], axis=1)
+    if kind == "zscore":
+        return np.stack([np.concatenate([(s - s.mean()) / (s.std() or 1.0) for s in scores]), ones, n], axis=1)
+    if kind == "centred+rank":
+        c, r = design(scores, "centred"), design(scores, "rank")
+        return np.concatenate([c, r[:, :1]], axis=1)
+    raise ValueError(kind)
 
 
 def main() -> None:
@@ -91,21 +116,20 @@ def main() -> None:
                 return [_ranker_logits(ranker, feats[id(r)], r) for r in rs]
 
             cal_s, cal_y = logits(inner_dev), np.concatenate([r.labels for r in inner_dev])
-            weights = {k: fit_logistic(design(cal_s, k == "size-aware"), cal_y) for k in ("platt", "size-aware")}
+            weights = {k: fit_logistic(design(cal_s, k), cal_y) for k in KINDS}
             for name, rs in sets.items():
                 s, y = logits(rs), np.concatenate([r.labels for r in rs])
                 for kind, w in weights.items():
-                    p = 1 / (1 + np.exp(-(design(s, kind == "size-aware") @ w)))
+                    p = 1 / (1 + np.exp(-(design(s, kind) @ w)))
                     cell = rows.setdefault(name, {})
                     cell.setdefault(f"{kind} ece", []).append(ece(p, y))
                     cell.setdefault(f"{kind} bss", []).append(brier_skill_score(p, y, base_rate))
-    print("| set | Platt ECE | size-aware ECE | Platt BSS | size-aware BSS |")
-    print("|---|---|---|---|---|")
+    print("| set | " + " | ".join(f"{k} ECE" for k in KINDS) + " | " + " | ".join(f"{k} BSS" for k in KINDS) + " |")
+    print("|---|" + "---|" * (2 * len(KINDS)))
     for name, cell in rows.items():
         m = {k: statistics.mean(v) for k, v in cell.items()}
-        print(f"| {name} | {m['platt ece']:.3f} | {m['size-aware ece']:.3f} | {m['platt bss']:.3f} | "
-              f"{m['size-aware bss']:.3f} |")
-
+        print(f"| {name} | " + " | ".join(f"{m[k + ' ece']:.3f}" for k in KINDS) + " | "
+              + " | ".join(f"{m[k + ' bss']:.3f}" for k in KINDS) + " |")
 
 if __name__ == "__main__":
     main()

@@ -87,3 +87,74 @@ def test_bad_config_is_refused():
         Calibrator.from_dict({"method": "isotonic", "a": 1.0, "b": 0.0})
     with pytest.raises(ValueError, match="b must be 0"):
         Calibrator("temperature", 2.0, 0.5)
+
+
+def _synthetic_files(a: float, b: float, c: float, n_files: int = 3000, seed: int = 0):
+    """Files of 3-40 lines whose labels follow the centred map; each file's scores carry a random
+    offset (a language-wide or file-wide shift the centred map must ignore)."""
+    rng = np.random.default_rng(seed)
+    scores, labels = [], []
+    for _ in range(n_files):
+        n = int(rng.integers(3, 41))
+        s = rng.normal(0.0, 2.0, n) + rng.normal(0.0, 5.0)
+        p = 1 / (1 + np.exp(-(a * (s - s.mean()) + b + c * np.log(n))))
+        scores.append(s)
+        labels.append((rng.random(n) < p).astype(np.int64))
+    return scores, labels
+
+
+def test_centred_recovers_known_parameters():
+    scores, labels = _synthetic_files(a=0.8, b=0.5, c=-0.9)
+    cal = Calibrator.fit_files(scores, labels, method="centred")
+    assert cal.method == "centred"
+    assert cal.a == pytest.approx(0.8, abs=0.05)
+    assert cal.b == pytest.approx(0.5, abs=0.15)
+    assert cal.c == pytest.approx(-0.9, abs=0.06)
+
+
+def test_centred_predict_by_hand_and_ignores_a_files_offset():
+    cal = Calibrator("centred", a=1.0, b=0.0, c=1.0)
+    # scores [0, 2]: centred [-1, 1], log n = log 2
+    expected = 1 / (1 + np.exp(-(np.array([-1.0, 1.0]) + np.log(2))))
+    np.testing.assert_allclose(cal.predict([0.0, 2.0]), expected)
+    np.testing.assert_allclose(cal.predict([100.0, 102.0]), expected)
+    assert cal.predict([]).shape == (0,)
+
+
+def test_centred_beats_platt_when_files_shift():
+    # Calibrate on files without offsets, test on files whose scores all moved up by 3: Platt
+    # reads the shift as risk, the centred map does not see it.
+    fit_s, fit_y = _synthetic_files(a=0.8, b=0.5, c=-0.9, n_files=2000, seed=1)
+    test_s, test_y = _synthetic_files(a=0.8, b=0.5, c=-0.9, n_files=2000, seed=2)
+    fit_s = [s - s.mean() for s in fit_s]
+    test_s = [s - s.mean() + 3.0 for s in test_s]
+    y = np.concatenate(test_y)
+    platt = Calibrator.fit_files(fit_s, fit_y, method="platt")
+    centred = Calibrator.fit_files(fit_s, fit_y, method="centred")
+    ece_platt = ece(np.concatenate([platt.predict(s) for s in test_s]), y)
+    ece_centred = ece(np.concatenate([centred.predict(s) for s in test_s]), y)
+    assert ece_centred < 0.02 < 0.1 < ece_platt
+
+
+def test_fit_files_matches_fit_for_platt():
+    s, y = _synthetic(a=0.7, b=-1.5, n=3000, seed=4)
+    assert Calibrator.fit_files([s[:1000], s[1000:]], [y[:1000], y[1000:]]) == Calibrator.fit(s, y)
+
+
+def test_centred_round_trips_and_legacy_dicts_read_without_c():
+    scores, labels = _synthetic_files(a=0.5, b=0.0, c=-1.0, n_files=300, seed=5)
+    cal = Calibrator.fit_files(scores, labels, method="centred")
+    d = json.loads(json.dumps(cal.to_dict()))
+    assert set(d) == {"method", "a", "b", "c"}
+    assert Calibrator.from_dict(d) == cal
+    # manifests written before 'centred' existed have no "c"
+    assert Calibrator.from_dict({"method": "platt", "a": 0.5, "b": -1.0}) == Calibrator("platt", 0.5, -1.0)
+
+
+def test_centred_is_refused_where_files_are_unknown():
+    with pytest.raises(ValueError, match="fit_files"):
+        Calibrator.fit([0.1, 0.2], [0, 1], method="centred")
+    with pytest.raises(ValueError, match="c must be 0"):
+        Calibrator("platt", 1.0, 0.0, 0.5)
+    with pytest.raises(ValueError, match="2 files of scores but 1"):
+        Calibrator.fit_files([[0.1], [0.2]], [[0]], method="centred")

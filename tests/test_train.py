@@ -47,7 +47,8 @@ def test_pretrain_then_bind_writes_a_complete_manifest(tiny_artifact_dir):
     assert m["sae_training"]["lines"] > 0 and m["sae_training"]["pairs"] > 0
     assert 0 <= m["sae_training"]["fvu"] < 2
     assert m["ranker"]["d_in"] == FeatureConfig().n_inputs(TINY_SAE["n_latents"])
-    assert m["calibration"]["method"] == "platt"
+    assert m["calibration"]["method"] == "centred"
+    assert set(m["calibration"]) == {"method", "a", "b", "c"}
     rt = m["ranker_training"]
     assert rt["train_records"] + rt["dev_records"] == 24 and rt["dev_records"] > 0
     assert 1 <= rt["best_epoch"] <= TINY_RANKER["epochs"]
