@@ -14,10 +14,11 @@ The harness (issue #3):
 
 Methods:
 - ``pttrust``: the ranker (NeuralNDCG + BCE, ``analyzer.ranker``) trained over the model
-  directory's SAE latents, calibrated with Platt on dev; with no training records, the model
+  directory's SAE latents, calibrated on dev with the model's calibration method (``centred``
+  for models bound since 0.4.0, ``analyzer.calibrate``); with no training records, the model
   directory's shipped ranker and calibrator as they are;
 - ``probe``: the same ranker architecture and feature logic (per-snippet centring, shape
-  features) on the raw hidden states of the same layer, i.e. without the SAE;
+  features, same calibration) on the raw hidden states of the same layer, i.e. without the SAE;
 - ``lookback`` / ``lookback_mlp``, ``uncertainty``, ``length``, ``random``: ``analyzer.baselines``.
   Scores of methods that do not learn (length, uncertainty) are Platt-calibrated on the training
   lines so that they get a Brier score too; ``random`` predicts the training base rate.

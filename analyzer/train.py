@@ -10,7 +10,8 @@ the (correct line, buggy line) pairs feed the contrastive term.
 
 Stage 2 (method.md §1.5, §5.2): the SAE latents of each labelled snippet's lines -> ranker
 features -> MLP trained with NeuralNDCG + a pointwise BCE head, early-stopped on a dev split
-grouped by problem; then Platt scaling on the dev split's logits.
+grouped by problem; then a calibration map (``analyzer.calibrate``, ``centred`` by default) fitted
+on the dev split's logits, file by file.
 """
 
 from __future__ import annotations

@@ -20,19 +20,17 @@ def per_dataset(doc: dict) -> str:
     out = []
     for stem, methods in doc["results"].items():
         out.append(f"**{stem}** ({int(next(iter(methods.values()))['n_snippets'])} snippets)\n")
-        # With --seeds N the trained methods' numbers are means over seeds (the bootstrap interval
-        # in the JSON is seed 0's): show the seed spread then, the interval otherwise.
+        # With --seeds N the trained methods' numbers are means over seeds and the bootstrap interval
+        # in the JSON is seed 0's: show both, saying which is which.
         seeds = max(((m.get("seeds") or {}).get("top1") or {}).get("n", 1) for m in methods.values())
-        head = f"Top-1 (mean ± std over {seeds} seeds)" if seeds > 1 else "Top-1 [95% CI]"
+        head = (f"Top-1 mean ± std over {seeds} seeds [seed 0's 95% CI]" if seeds > 1 else "Top-1 [95% CI]")
         out.append(f"| method | {head} | Top-3 | Top-5 | AUROC | Brier | BSS | ECE |")
         out.append("|---|---|---|---|---|---|---|---|")
         for name, m in methods.items():
             ci = (m.get("ci") or {}).get("top1")
             spread = (m.get("seeds") or {}).get("top1")
-            if seeds > 1:
-                top1 = _fmt(m["top1"]) + (f" ± {spread['std']:.3f}" if spread else "")
-            else:
-                top1 = _fmt(m["top1"]) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+            top1 = (_fmt(m["top1"]) + (f" ± {spread['std']:.3f}" if seeds > 1 and spread else "")
+                    + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""))
             out.append(f"| {name} | {top1} | {_fmt(m['top3'])} | {_fmt(m['top5'])} | {_fmt(m['auroc'])} "
                        f"| {_fmt(m['brier'])} | {_fmt(m['bss'])} | {_fmt(m['ece'])} |")
         out.append("")
