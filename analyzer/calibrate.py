@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -100,7 +100,7 @@ def _centred_columns(s: np.ndarray) -> tuple[np.ndarray, float]:
 
 @dataclass(frozen=True)
 class Calibrator:
-    """A fitted map from ranker logits to probabilities (module docstring: the three maps)."""
+    """A fitted map from ranker logits to probabilities (the module docstring gives each map)."""
 
     method: Method = "identity"
     """'platt' (a and b fitted), 'temperature' (b = 0), 'centred' (a, b and c fitted on logits

@@ -83,7 +83,12 @@ def main() -> None:
     ap.add_argument("--tests", nargs="*", default=[], type=Path)
     ap.add_argument("--model", type=Path, default=Path("analyzer/default_model"))
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--kinds", default=",".join(KINDS), help="designs to compare (comma-separated)")
+    ap.add_argument("--calibrate-on", choices=("early-stopping", "dev"), default="early-stopping",
+                    help="fit the maps on the records that also early-stop the ranker (what bind does) "
+                         "or on the --dev records, which the ranker never saw")
     args = ap.parse_args()
+    kinds = args.kinds.split(",")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cache_root = Path(os.environ.get("PTBOT_CACHE_DIR", "~/.cache/ptbot")).expanduser()
     loaded = open_model(args.model, SupervisorConfig(device="cpu", cache_dir=cache_root))
@@ -115,8 +120,9 @@ def main() -> None:
             def logits(rs):
                 return [_ranker_logits(ranker, feats[id(r)], r) for r in rs]
 
-            cal_s, cal_y = logits(inner_dev), np.concatenate([r.labels for r in inner_dev])
-            weights = {k: fit_logistic(design(cal_s, k), cal_y) for k in KINDS}
+            held = inner_dev if args.calibrate_on == "early-stopping" else sets["python-dev"]
+            cal_s, cal_y = logits(held), np.concatenate([r.labels for r in held])
+            weights = {k: fit_logistic(design(cal_s, k), cal_y) for k in kinds}
             for name, rs in sets.items():
                 s, y = logits(rs), np.concatenate([r.labels for r in rs])
                 for kind, w in weights.items():
@@ -124,12 +130,12 @@ def main() -> None:
                     cell = rows.setdefault(name, {})
                     cell.setdefault(f"{kind} ece", []).append(ece(p, y))
                     cell.setdefault(f"{kind} bss", []).append(brier_skill_score(p, y, base_rate))
-    print("| set | " + " | ".join(f"{k} ECE" for k in KINDS) + " | " + " | ".join(f"{k} BSS" for k in KINDS) + " |")
-    print("|---|" + "---|" * (2 * len(KINDS)))
+    print("| set | " + " | ".join(f"{k} ECE" for k in kinds) + " | " + " | ".join(f"{k} BSS" for k in kinds) + " |")
+    print("|---|" + "---|" * (2 * len(kinds)))
     for name, cell in rows.items():
         m = {k: statistics.mean(v) for k, v in cell.items()}
-        print(f"| {name} | " + " | ".join(f"{m[k + ' ece']:.3f}" for k in KINDS) + " | "
-              + " | ".join(f"{m[k + ' bss']:.3f}" for k in KINDS) + " |")
+        print(f"| {name} | " + " | ".join(f"{m[k + ' ece']:.3f}" for k in kinds) + " | "
+              + " | ".join(f"{m[k + ' bss']:.3f}" for k in kinds) + " |")
 
 if __name__ == "__main__":
     main()
