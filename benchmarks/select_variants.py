@@ -33,6 +33,12 @@ at weight 6 (what ``ptbot bind`` ships), ``sae^t6`` the same prior also inside t
 (``+off6`` equals ``^p6``, from the same trained ranker) and with a rank-free blend of
 within-snippet z-scores (``+len6``), without training again.
 
+Feature variants, suffixes on ``sae``/``raw`` (composable, e.g. ``sae~nb``): ``~rel`` shape
+columns centred on the file, ``~nb`` the previous and next line's features appended, ``~dl`` the
+change from the previous line appended (line context, no new forward pass), ``~sc`` latents
+divided by their spread in the file, ``~rk`` latents as ranks within the file. Ranker settings per
+variant: ``sae{hidden=16,dropout=0.3}`` (any ``RankerConfig`` field; quote the argument).
+
 ``--fit``/``--dev``: write them with ``python benchmarks/select_variants.py --split DATA... --out DIR``
 (the same problem split as ``ptbot bind --seed 0``). Line states come from ``PTBOT_CACHE_DIR``.
 """
