@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from analyzer import artifact, train, versions
-from analyzer.calibrate import Calibrator
+from analyzer.calibrate import FITTED, Calibrator
 from analyzer.features import FeatureConfig, StateCache
 from analyzer.metrics import evaluate
 from analyzer.ranker import load_ranker
@@ -72,6 +72,8 @@ class GateConfig:
             raise ValueError(f"min_gain must be a finite number >= 0, got {self.min_gain}")
         if self.n_boot < 0:
             raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
+        if self.calibration not in FITTED:
+            raise ValueError(f"unknown calibration {self.calibration!r}; use one of {', '.join(FITTED)}")
 
 
 @dataclass(frozen=True)

@@ -366,6 +366,13 @@ def pretrain(ctx, data, out_dir, shards_dir, supervisor, layer, languages, mutat
                f"wrote {out_dir}", err=True)
 
 
+# Shared by `bind` and `rebind`: the same choice, said once.
+_calibration_option = click.option(
+    "--calibration", type=click.Choice(["centred", "platt", "temperature"]), default="centred", show_default=True,
+    help="How scores become probabilities: 'centred' reads a line's score relative to its file and the file's "
+         "size (transfers across languages), 'platt' the raw score.")
+
+
 @cli.command()
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False, exists=True),
@@ -373,9 +380,7 @@ def pretrain(ctx, data, out_dir, shards_dir, supervisor, layer, languages, mutat
 @click.option("--languages", help="Only records of these languages (comma-separated).")
 @click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share of problems held out for early stopping and calibration.")
-@click.option("--calibration", type=click.Choice(["centred", "platt", "temperature"]), default="centred",
-              show_default=True, help="How scores become probabilities: 'centred' reads a line's score relative "
-              "to its file and the file's size (transfers across languages), 'platt' the raw score.")
+@_calibration_option
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="NeuralNDCG temperature.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")
 @click.option("--length-prior", type=click.FloatRange(min=0),
@@ -833,9 +838,7 @@ def feedback_export(ctx, out, repo):
               help="Promote only if the new version is at least this much better on --metric.")
 @click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share of training problems held out for early stopping and calibration.")
-@click.option("--calibration", type=click.Choice(["centred", "platt", "temperature"]), default="centred",
-              show_default=True, help="How scores become probabilities: 'centred' reads a line's score relative "
-              "to its file and the file's size (transfers across languages), 'platt' the raw score.")
+@_calibration_option
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context

@@ -86,6 +86,9 @@ def test_decide_directions_and_undefined_metrics():
         GateConfig(holdout=1.0)
     with pytest.raises(ValueError, match="min_gain"):
         GateConfig(min_gain=-0.1)
+    with pytest.raises(ValueError, match="unknown calibration 'isotonic'"):
+        GateConfig(calibration="isotonic")
+    assert GateConfig().calibration == "centred"
 
 
 def test_feedback_that_helps_is_promoted_and_feedback_that_hurts_is_refused(sup, tiny_artifact_dir, tmp_path):
