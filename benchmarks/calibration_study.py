@@ -84,9 +84,10 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=Path("analyzer/default_model"))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--kinds", default=",".join(KINDS), help="designs to compare (comma-separated)")
-    ap.add_argument("--calibrate-on", choices=("early-stopping", "dev"), default="early-stopping",
-                    help="fit the maps on the records that also early-stop the ranker (what bind does) "
-                         "or on the --dev records, which the ranker never saw")
+    ap.add_argument("--calibrate-on", choices=("early-stopping", "dev", "cross-source"), default="early-stopping",
+                    help="fit the maps on the records that also early-stop the ranker (what bind does), "
+                         "on the --dev records, which the ranker never saw, or on each --fit source's "
+                         "records scored by a ranker trained on the other sources (a shift like transfer's)")
     args = ap.parse_args()
     kinds = args.kinds.split(",")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -117,11 +118,24 @@ def main() -> None:
         rc = RankerConfig(**{**ranker_cfg, "d_in": dev_s[0].features.shape[1], "seed": seed})
         ranker, _ = train_ranker(rc, slates(inner_fit), dev_s, progress=False)
         with torch.no_grad():
-            def logits(rs):
-                return [_ranker_logits(ranker, feats[id(r)], r) for r in rs]
+            def logits(rs, model=ranker):
+                return [_ranker_logits(model, feats[id(r)], r) for r in rs]
 
-            held = inner_dev if args.calibrate_on == "early-stopping" else sets["python-dev"]
-            cal_s, cal_y = logits(held), np.concatenate([r.labels for r in held])
+            if args.calibrate_on == "cross-source":
+                cal_s, cal_y = [], []
+                for source in sorted({r.record.source for r in fit}):
+                    # A ranker that never saw this source scores it: its logits carry a source shift.
+                    others = [r for r in inner_fit if r.record.source != source]
+                    stop = [r for r in inner_dev if r.record.source != source]
+                    held_out = [r for r in fit if r.record.source == source]
+                    with torch.enable_grad():
+                        other, _ = train_ranker(rc, slates(others), slates(stop), progress=False)
+                    cal_s += logits(held_out, other)
+                    cal_y += [r.labels for r in held_out]
+                cal_y = np.concatenate(cal_y)
+            else:
+                held = inner_dev if args.calibrate_on == "early-stopping" else sets["python-dev"]
+                cal_s, cal_y = logits(held), np.concatenate([r.labels for r in held])
             weights = {k: fit_logistic(design(cal_s, k), cal_y) for k in kinds}
             for name, rs in sets.items():
                 s, y = logits(rs), np.concatenate([r.labels for r in rs])
