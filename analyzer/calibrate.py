@@ -37,6 +37,8 @@ Method = Literal["platt", "temperature", "centred", "identity"]
 _METHODS = ("platt", "temperature", "centred", "identity")
 FITTED = ("platt", "temperature", "centred")
 """The methods ``Calibrator.fit`` / ``fit_files`` can fit (``identity`` has no parameters)."""
+DEFAULT_METHOD: Method = "centred"
+"""What ``bind``, ``rebind`` and ``eval`` fit unless told otherwise (chosen in BENCHMARKS.md)."""
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

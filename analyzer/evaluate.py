@@ -41,7 +41,7 @@ import torch
 from analyzer import artifact
 from analyzer.baselines import (CONTEXT_KEYS, ClassifierConfig, FullPassCache, FullPassLines, LineClassifier,
                                 length_scores, random_scores, read_full, uncertainty_scores)
-from analyzer.calibrate import Calibrator
+from analyzer.calibrate import DEFAULT_METHOD, Calibrator
 from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, ranker_inputs
 from analyzer.metrics import (SnippetPrediction, bootstrap_ci, evaluate, random_topk_hit_rate, snippet_auroc,
                               summarize_seeds, topk_hit_rate)
@@ -247,7 +247,7 @@ def _ranker_logits(ranker, x: torch.Tensor, r: Reading) -> np.ndarray:
 
 def _ranker_method(name: str, seed: int, train: Sequence[Reading], tests: Mapping[str, Sequence[Reading]],
                    feats, ranker_cfg: dict[str, Any], cfg: EvalConfig, prior_in_training: bool = False,
-                   calibration: str = "centred") -> MethodRun:
+                   calibration: str = DEFAULT_METHOD) -> MethodRun:
     """Train the per-line ranker on ``feats(reading)`` (fit split), calibrate on dev, score tests."""
     fit, dev = _split(train, cfg.dev_fraction, seed)
 
@@ -435,8 +435,8 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
     ranker_cfg = {k: v for k, v in bound.items() if k not in ("d_in", "seed")}
     if cfg.ranker_epochs is not None:
         ranker_cfg["epochs"] = cfg.ranker_epochs
-    # Rankers trained here are calibrated the way the model was bound ('centred' for new models).
-    calibration = (manifest.get("calibration") or {}).get("method", "centred")
+    # Rankers trained here are calibrated the way the model was bound (the default for unbound ones).
+    calibration = (manifest.get("calibration") or {}).get("method", DEFAULT_METHOD)
     calibration = "platt" if calibration == "identity" else calibration
 
     runs: list[MethodRun] = []

@@ -213,8 +213,8 @@ class RankerMLP(nn.Module):
 def length_prior_term(tokens: Tensor) -> Tensor:
     """(L,) token counts -> (L,) log(1 + count) minus its mean over the snippet.
 
-    Centred, so the prior only orders lines within a file and leaves the logit's level, which the
-    calibrator reads as the file's overall risk, unchanged.
+    Centred, so the prior only orders lines within a file and leaves the logit's level (the file's
+    overall risk, as far as a Platt calibrator reads it) unchanged.
     """
     ll = torch.log1p(tokens.to(torch.float32))
     return ll - ll.mean(dim=-1, keepdim=True)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from analyzer import artifact, train, versions
-from analyzer.calibrate import FITTED, Calibrator
+from analyzer.calibrate import DEFAULT_METHOD, FITTED, Calibrator
 from analyzer.features import FeatureConfig, StateCache
 from analyzer.metrics import evaluate
 from analyzer.ranker import load_ranker
@@ -55,7 +55,7 @@ class GateConfig:
     """Metric of ``analyzer.metrics.evaluate`` that decides: top1/3/5, auroc, bss, brier, ece."""
     dev_fraction: float = 0.2
     """Share of training problems bind holds out for early stopping and calibration."""
-    calibration: str = "centred"
+    calibration: str = DEFAULT_METHOD
     """Calibration method for the candidate (``centred``, ``platt`` or ``temperature``; ``analyzer.calibrate``)."""
     n_boot: int = 200
     """Bootstrap replicates for the confidence intervals recorded with the gate metrics."""
@@ -148,7 +148,7 @@ def decide(old: dict[str, Any] | None, new: dict[str, Any], metric: str, min_gai
 def rebind_with_gate(sup: Supervisor, home: Path | str, seed_records: Sequence[Record],
                      feedback_records: Sequence[Record], *, holdout: float = 0.3, seed: int = 0,
                      min_gain: float = 0.0, metric: str = "top1", dev_fraction: float = 0.2,
-                     calibration: str = "centred", n_boot: int = 200,
+                     calibration: str = DEFAULT_METHOD, n_boot: int = 200,
                      ranker_cfg: dict[str, Any] | None = None, cache: StateCache | None = None,
                      progress: bool = True) -> GateResult:
     """Train a candidate version on seed + feedback-train; promote it only if it wins the gate."""

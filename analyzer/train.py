@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from analyzer import artifact, shards
-from analyzer.calibrate import Calibrator
+from analyzer.calibrate import DEFAULT_METHOD, Calibrator
 from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, ranker_inputs
 from analyzer.metrics import SnippetPrediction, evaluate
 from analyzer.mutate import mutate, pair_lines
@@ -261,7 +261,7 @@ def predictions(ranker, calibrator: Calibrator | None, slates: Sequence[Slate]) 
 
 def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
          ranker_cfg: dict[str, Any] | None = None, dev_fraction: float = 0.2, seed: int = 0,
-         calibration: str = "centred", progress: bool = True,
+         calibration: str = DEFAULT_METHOD, progress: bool = True,
          cache: StateCache | None = None, version: str | None = None) -> dict[str, Any]:
     """Stage 2: train the ranker and calibrator on labelled records; update ``model_dir``.
 

@@ -366,7 +366,8 @@ def pretrain(ctx, data, out_dir, shards_dir, supervisor, layer, languages, mutat
                f"wrote {out_dir}", err=True)
 
 
-# Shared by `bind` and `rebind`: the same choice, said once.
+# Shared by `bind` and `rebind`: the same choice, said once. The default spells out
+# analyzer.calibrate.DEFAULT_METHOD so that `--help` does not import numpy.
 _calibration_option = click.option(
     "--calibration", type=click.Choice(["centred", "platt", "temperature"]), default="centred", show_default=True,
     help="How scores become probabilities: 'centred' reads a line's score relative to its file and the file's "
