@@ -5,7 +5,8 @@ The harness (issue #3):
    ``StateCache``; the full model once more for ``uncertainty``/``lookback`` with a
    ``baselines.FullPassCache``), so a second evaluation on the same data never runs the model;
 2. split the training records by problem into fit/dev (``records.split_by_problem``, seeded):
-   trainable methods fit on ``fit``, early-stop and calibrate on ``dev``; test records are only
+   trainable methods fit on ``fit``, early-stop on ``dev`` and calibrate on held-out training
+   records (``dev``, or each source scored by a ranker trained without it); test records are only
    ever scored. Each ``MethodRun`` records the ids whose labels it trained and calibrated on, so
    the separation is checkable (and it is checked in tests);
 3. score every test set with every method and compute ``metrics.evaluate`` with the training
@@ -14,8 +15,9 @@ The harness (issue #3):
 
 Methods:
 - ``pttrust``: the ranker (NeuralNDCG + BCE, ``analyzer.ranker``) trained over the model
-  directory's SAE latents, calibrated on dev with the model's calibration method (``centred``
-  for models bound since 0.4.0, ``analyzer.calibrate``); with no training records, the model
+  directory's SAE latents, calibrated the way the model was bound: its map (``centred`` since
+  0.4.0, ``analyzer.calibrate``) fitted on the logits ``ranker.held_out_logits`` names (each
+  Python source scored by a ranker trained without it, since 0.5.0); with no training records, the model
   directory's shipped ranker and calibrator as they are;
 - ``probe``: the same ranker architecture and feature logic (per-snippet centring, shape
   features, same calibration) on the raw hidden states of the same layer, i.e. without the SAE;
@@ -45,7 +47,7 @@ from analyzer.calibrate import DEFAULT_METHOD, Calibrator
 from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, ranker_inputs
 from analyzer.metrics import (SnippetPrediction, bootstrap_ci, evaluate, random_topk_hit_rate, snippet_auroc,
                               summarize_seeds, topk_hit_rate)
-from analyzer.ranker import RankerConfig, Slate, load_ranker, train_ranker
+from analyzer.ranker import DEFAULT_CALIBRATE_ON, RankerConfig, Slate, held_out_logits, load_ranker, train_ranker
 from analyzer.records import problem_key, split_by_problem
 from analyzer.sae import load_sae
 from analyzer.supervisor import Supervisor, SupervisorConfig
@@ -247,21 +249,25 @@ def _ranker_logits(ranker, x: torch.Tensor, r: Reading) -> np.ndarray:
 
 def _ranker_method(name: str, seed: int, train: Sequence[Reading], tests: Mapping[str, Sequence[Reading]],
                    feats, ranker_cfg: dict[str, Any], cfg: EvalConfig, prior_in_training: bool = False,
-                   calibration: str = DEFAULT_METHOD) -> MethodRun:
-    """Train the per-line ranker on ``feats(reading)`` (fit split), calibrate on dev, score tests."""
+                   calibration: str = DEFAULT_METHOD, calibrate_on: str = DEFAULT_CALIBRATE_ON) -> MethodRun:
+    """Train the per-line ranker on ``feats(reading)`` (fit split), early-stop on dev, calibrate on the
+    held-out logits ``calibrate_on`` names (``ranker.held_out_logits``), score tests."""
     fit, dev = _split(train, cfg.dev_fraction, seed)
 
     def slates(rs: Sequence[Reading]) -> list[Slate]:
         return [Slate(features=feats(r), labels=torch.tensor(r.labels, dtype=torch.float32),
-                      tokens=torch.tensor(r.tokens), group=r.group) for r in rs]
+                      tokens=torch.tensor(r.tokens), group=r.group, source=r.record.source) for r in rs]
 
     fit_s, dev_s = slates(fit), slates(dev)
     rc = RankerConfig(**{**ranker_cfg, "d_in": fit_s[0].features.shape[1], "seed": seed})
     ranker, _ = train_ranker(rc, fit_s, dev_s, progress=cfg.progress, prior_in_training=prior_in_training)
+    cal_logits, cal_labels, info = held_out_logits(ranker, fit_s, dev_s, calibrate_on,
+                                                   prior_in_training=prior_in_training)
+    calibrated_on = (_ids(dev) if info["calibrated_on"] == "dev" else
+                     _ids([r for r in (*fit, *dev) if r.record.source in info["held_out_sources"]]))
     with torch.no_grad():
-        calib = _calibrate([_ranker_logits(ranker, s.features, r) for s, r in zip(dev_s, dev)],
-                           [r.labels for r in dev], calibration)
-        run = MethodRun(name, seed, _ids(fit), _ids(dev))
+        calib = _calibrate([x.double().numpy() for x in cal_logits], [y.numpy() for y in cal_labels], calibration)
+        run = MethodRun(name, seed, _ids(fit), calibrated_on)
         for ds, rs in tests.items():
             out = []
             for r in rs:
@@ -435,9 +441,12 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
     ranker_cfg = {k: v for k, v in bound.items() if k not in ("d_in", "seed")}
     if cfg.ranker_epochs is not None:
         ranker_cfg["epochs"] = cfg.ranker_epochs
-    # Rankers trained here are calibrated the way the model was bound (the default for unbound ones).
+    # Rankers trained here are calibrated the way the model was bound (the defaults for unbound ones;
+    # models bound before cross-source calibration existed were calibrated on dev).
     calibration = (manifest.get("calibration") or {}).get("method", DEFAULT_METHOD)
     calibration = "platt" if calibration == "identity" else calibration
+    calibrate_on = (manifest.get("ranker_training") or {}).get("calibrated_on",
+                                                               "dev" if bound else DEFAULT_CALIBRATE_ON)
 
     runs: list[MethodRun] = []
     by_method: dict[str, list[MethodRun]] = {}
@@ -448,14 +457,15 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
             if method == "pttrust" and train_r:
                 run = _ranker_method(method, seed, train_r, test_r,
                                      lambda r: _sae_inputs(sae, r, features), ranker_cfg, cfg,
-                                     calibration=calibration)
+                                     calibration=calibration, calibrate_on=calibrate_on)
             elif method == "pttrust":
                 run = _shipped_pttrust(loaded, test_r)
             elif method == "probe":
                 # The paper's probing classifier: the ranker alone, without the product's length prior.
                 run = _ranker_method(method, seed, train_r, test_r,
                                      lambda r: ranker_inputs(r.snippet.states, r.snippet.lines, features),
-                                     {**ranker_cfg, "length_prior": 0.0}, cfg, calibration=calibration)
+                                     {**ranker_cfg, "length_prior": 0.0}, cfg, calibration=calibration,
+                                     calibrate_on=calibrate_on)
             elif method in ("lookback", "lookback_mlp"):
                 run = _classifier_method(method, "logistic" if method == "lookback" else "mlp",
                                          seed, train_r, test_r, cfg)

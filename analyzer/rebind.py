@@ -29,7 +29,7 @@ from analyzer import artifact, train, versions
 from analyzer.calibrate import DEFAULT_METHOD, FITTED, Calibrator
 from analyzer.features import FeatureConfig, StateCache
 from analyzer.metrics import evaluate
-from analyzer.ranker import load_ranker
+from analyzer.ranker import CALIBRATE_ON, DEFAULT_CALIBRATE_ON, load_ranker
 from analyzer.records import in_dev, problem_key
 from analyzer.sae import load_sae
 from analyzer.supervisor import Supervisor
@@ -57,6 +57,8 @@ class GateConfig:
     """Share of training problems bind holds out for early stopping and calibration."""
     calibration: str = DEFAULT_METHOD
     """Calibration method for the candidate (``centred``, ``platt`` or ``temperature``; ``analyzer.calibrate``)."""
+    calibrate_on: str = DEFAULT_CALIBRATE_ON
+    """Logits the candidate's map is fitted on: ``cross-source`` or ``dev`` (``ranker.held_out_logits``)."""
     n_boot: int = 200
     """Bootstrap replicates for the confidence intervals recorded with the gate metrics."""
 
@@ -74,6 +76,8 @@ class GateConfig:
             raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
         if self.calibration not in FITTED:
             raise ValueError(f"unknown calibration {self.calibration!r}; use one of {', '.join(FITTED)}")
+        if self.calibrate_on not in CALIBRATE_ON:
+            raise ValueError(f"unknown calibrate_on {self.calibrate_on!r}; use one of {', '.join(CALIBRATE_ON)}")
 
 
 @dataclass(frozen=True)
@@ -148,12 +152,12 @@ def decide(old: dict[str, Any] | None, new: dict[str, Any], metric: str, min_gai
 def rebind_with_gate(sup: Supervisor, home: Path | str, seed_records: Sequence[Record],
                      feedback_records: Sequence[Record], *, holdout: float = 0.3, seed: int = 0,
                      min_gain: float = 0.0, metric: str = "top1", dev_fraction: float = 0.2,
-                     calibration: str = DEFAULT_METHOD, n_boot: int = 200,
+                     calibration: str = DEFAULT_METHOD, calibrate_on: str = DEFAULT_CALIBRATE_ON, n_boot: int = 200,
                      ranker_cfg: dict[str, Any] | None = None, cache: StateCache | None = None,
                      progress: bool = True) -> GateResult:
     """Train a candidate version on seed + feedback-train; promote it only if it wins the gate."""
     cfg = GateConfig(holdout=holdout, seed=seed, min_gain=min_gain, metric=metric,
-                     dev_fraction=dev_fraction, calibration=calibration, n_boot=n_boot)
+                     dev_fraction=dev_fraction, calibration=calibration, calibrate_on=calibrate_on, n_boot=n_boot)
     home = Path(home)
     if not feedback_records:
         raise ValueError("no feedback records: run `ptbot feedback export` (or wait for labels) first")
@@ -169,6 +173,7 @@ def rebind_with_gate(sup: Supervisor, home: Path | str, seed_records: Sequence[R
     try:
         train.bind(sup, cand, list(seed_records) + fb_train, ranker_cfg=ranker_cfg,
                    dev_fraction=cfg.dev_fraction, seed=cfg.seed, calibration=cfg.calibration,
+                   calibrate_on=cfg.calibrate_on,
                    progress=progress, cache=cache)
         kw = dict(n_boot=cfg.n_boot, seed=cfg.seed, cache=cache, progress=progress)
         old = evaluate_version(sup, serving_dir, fb_held, **kw)

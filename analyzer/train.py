@@ -11,7 +11,8 @@ the (correct line, buggy line) pairs feed the contrastive term.
 Stage 2 (method.md §1.5, §5.2): the SAE latents of each labelled snippet's lines -> ranker
 features -> MLP trained with NeuralNDCG + a pointwise BCE head, early-stopped on a dev split
 grouped by problem; then a calibration map (``analyzer.calibrate``, ``centred`` by default) fitted
-on the dev split's logits, file by file.
+file by file on held-out logits: by default each source's, scored by a ranker trained without that
+source (``ranker.held_out_logits``), else the dev split's.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from analyzer.calibrate import DEFAULT_METHOD, Calibrator
 from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, ranker_inputs
 from analyzer.metrics import SnippetPrediction, evaluate
 from analyzer.mutate import mutate, pair_lines
-from analyzer.ranker import RankerConfig, Slate, save_ranker, train_ranker
+from analyzer.ranker import DEFAULT_CALIBRATE_ON, RankerConfig, Slate, held_out_logits, save_ranker, train_ranker
 from analyzer.records import problem_key, split_by_problem
 from analyzer.sae import SAEConfig, load_sae, save_sae, train_sae
 from analyzer.supervisor import Supervisor
@@ -243,7 +244,7 @@ def make_slates(sup: Supervisor, sae, records: Sequence[Record], features: Featu
             continue
         slates.append(Slate(features=f, labels=_labels(rec, sn),
                             tokens=torch.tensor([s.n_tokens for s in sn.lines]),
-                            group=problem_key(rec)))
+                            group=problem_key(rec), source=rec.source))
     return slates
 
 
@@ -261,11 +262,13 @@ def predictions(ranker, calibrator: Calibrator | None, slates: Sequence[Slate]) 
 
 def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
          ranker_cfg: dict[str, Any] | None = None, dev_fraction: float = 0.2, seed: int = 0,
-         calibration: str = DEFAULT_METHOD, progress: bool = True,
+         calibration: str = DEFAULT_METHOD, calibrate_on: str = DEFAULT_CALIBRATE_ON, progress: bool = True,
          cache: StateCache | None = None, version: str | None = None) -> dict[str, Any]:
     """Stage 2: train the ranker and calibrator on labelled records; update ``model_dir``.
 
-    ``version`` is recorded in the manifest (reports and scored lines name ``name@version``).
+    ``calibrate_on`` picks the logits the calibration map is fitted on (``ranker.held_out_logits``:
+    ``cross-source`` trains one more ranker per source). ``version`` is recorded in the manifest
+    (reports and scored lines name ``name@version``).
     """
     manifest = artifact.read_manifest(model_dir)
     if not manifest.get("sae"):
@@ -282,8 +285,8 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     cfg = RankerConfig(**{"d_in": train[0].features.shape[1], "seed": seed, **(ranker_cfg or {})})
     ranker, history = train_ranker(cfg, train, dev, progress=progress)
     ranker.eval()
-    dev_preds = predictions(ranker, None, dev)
-    calib = Calibrator.fit_files([p.scores for p in dev_preds], [p.labels for p in dev_preds], method=calibration)
+    cal_logits, cal_labels, cal_info = held_out_logits(ranker, train, dev, calibrate_on, progress=progress)
+    calib = Calibrator.fit_files([x.numpy() for x in cal_logits], [y.numpy() for y in cal_labels], method=calibration)
     base_rate = float(torch.cat([s.labels for s in train]).mean())
     dev_metrics = evaluate(predictions(ranker, calib, dev), base_rate=base_rate, n_boot=200, seed=seed)
     save_ranker(ranker, model_dir)
@@ -296,7 +299,8 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
                             "base_rate": base_rate, "dev_fraction": dev_fraction, "seed": seed,
                             "languages": sorted({r.language for r in records}),
                             "sources": sorted({r.source for r in records}),
-                            "best_epoch": history.get("best_epoch") if isinstance(history, dict) else None},
+                            "best_epoch": history.get("best_epoch") if isinstance(history, dict) else None,
+                            **cal_info},
         "dev_metrics": dev_metrics,
     })
     artifact.write_manifest(model_dir, manifest)

@@ -372,6 +372,13 @@ _calibration_option = click.option(
     "--calibration", type=click.Choice(["centred", "platt", "temperature"]), default="centred", show_default=True,
     help="How scores become probabilities: 'centred' reads a line's score relative to its file and the file's "
          "size (transfers across languages), 'platt' the raw score.")
+# Likewise analyzer.ranker.CALIBRATE_ON / DEFAULT_CALIBRATE_ON, spelled out so that `--help` does not import torch.
+_calibrate_on_option = click.option(
+    "--calibrate-on", type=click.Choice(["cross-source", "dev"]), default="cross-source", show_default=True,
+    help="Scores the calibration is fitted on: 'cross-source' scores each source of DATA (the records' "
+         "`source` field) with a ranker trained without it, one extra ranker per source, so the "
+         "probabilities stay honest on code unlike the training data; 'dev' uses the dev split (one "
+         "source only falls back to it).")
 
 
 @cli.command()
@@ -382,6 +389,7 @@ _calibration_option = click.option(
 @click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share of problems held out for early stopping and calibration.")
 @_calibration_option
+@_calibrate_on_option
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="NeuralNDCG temperature.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")
 @click.option("--length-prior", type=click.FloatRange(min=0),
@@ -394,7 +402,7 @@ _calibration_option = click.option(
                    "(`ptbot model init`). Same as `ptbot rebind DATA --home MODEL_DIR --feedback-db URL`.")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
-def bind(ctx, data, model_dir, languages, dev_fraction, calibration, temperature, epochs, length_prior,
+def bind(ctx, data, model_dir, languages, dev_fraction, calibration, calibrate_on, temperature, epochs, length_prior,
          model_version, feedback_db, seed):
     """Stage 2: train the ranker (NeuralNDCG + pointwise head) and calibrate it on DATA."""
     if feedback_db:
@@ -402,7 +410,8 @@ def bind(ctx, data, model_dir, languages, dev_fraction, calibration, temperature
             raise _fail("--temperature, --length-prior and --version are not used with --feedback-db")
         return ctx.invoke(rebind_cmd, data=data, home=model_dir, feedback_db=feedback_db, repo=None,
                           languages=languages, holdout=0.3, metric="top1", min_gain=0.0,
-                          dev_fraction=dev_fraction, calibration=calibration, epochs=epochs, seed=seed)
+                          dev_fraction=dev_fraction, calibration=calibration, calibrate_on=calibrate_on,
+                          epochs=epochs, seed=seed)
     from analyzer.artifact import ArtifactError, read_manifest
     from analyzer.train import bind as run
 
@@ -417,7 +426,7 @@ def bind(ctx, data, model_dir, languages, dev_fraction, calibration, temperature
                               "length_prior": length_prior}.items() if v is not None}
     try:
         manifest = run(sup, Path(model_dir), recs, ranker_cfg=rcfg, dev_fraction=dev_fraction,
-                       seed=seed, calibration=calibration, cache=_state_cache(ctx, sup),
+                       seed=seed, calibration=calibration, calibrate_on=calibrate_on, cache=_state_cache(ctx, sup),
                        version=model_version)
     except (ArtifactError, ValueError) as e:
         raise _fail(str(e)) from e
@@ -840,11 +849,12 @@ def feedback_export(ctx, out, repo):
 @click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share of training problems held out for early stopping and calibration.")
 @_calibration_option
+@_calibrate_on_option
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
 def rebind_cmd(ctx, data, home, feedback_db, repo, languages, holdout, metric, min_gain, dev_fraction,
-               calibration, epochs, seed):
+               calibration, calibrate_on, epochs, seed):
     """Re-bind on seed DATA plus reviewer feedback; promote the new ranker only if it wins.
 
     Feedback labels are exported from the label store, split by problem into a training part and
@@ -885,7 +895,8 @@ def rebind_cmd(ctx, data, home, feedback_db, repo, languages, holdout, metric, m
     try:
         result = rebind_with_gate(sup, Path(home), seed_records, feedback, holdout=holdout, seed=seed,
                                   min_gain=min_gain, metric=metric, dev_fraction=dev_fraction,
-                                  calibration=calibration, ranker_cfg={"epochs": epochs} if epochs else None,
+                                  calibration=calibration, calibrate_on=calibrate_on,
+                                  ranker_cfg={"epochs": epochs} if epochs else None,
                                   cache=_state_cache(ctx, sup))
     except (ArtifactError, ValueError) as e:
         raise _fail(str(e)) from e

@@ -459,15 +459,18 @@ def test_pretrain_bind_review_via_cli(tmp_path, tiny_model_dir):
     assert m["sae"]["n_latents"] == 64 and m["ranker"]["epochs"] == 3 and m["calibration"]
     assert m["ranker"]["length_prior"] == 6.0  # the default; scoring below goes through it
     assert m["calibration"]["method"] == "centred"  # the default calibration map
+    # the default is cross-source; these records have one source, so bind fell back to the dev split
+    assert m["ranker_training"]["calibrated_on"] == "dev"
     repo = make_repo(tmp_path / "repo")
     r = run("review", "--repo", str(repo), "--model", str(out), "--format", "json")
     assert r.exit_code == 0 and json.loads(r.stdout)["lines"]
     r = run("bind", str(data), "--model", str(out), "--epochs", "3", "--dev-fraction", "0.3", "--length-prior", "0",
-            "--calibration", "platt")
+            "--calibration", "platt", "--calibrate-on", "dev")
     assert r.exit_code == 0, r.stderr
     m = read_manifest(out)
     assert m["ranker"]["length_prior"] == 0.0
     assert m["calibration"]["method"] == "platt" and "c" not in m["calibration"]
+    assert m["ranker_training"]["calibrated_on"] == "dev"
 
 
 def test_pretrain_and_bind_bad_inputs(tmp_path, tiny_model_dir):

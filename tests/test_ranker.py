@@ -5,11 +5,14 @@ import math
 import pytest
 import torch
 
+from dataclasses import replace
+
 from analyzer.ranker import (
     RankerConfig,
     RankerMLP,
     Slate,
     evaluate_ranker,
+    held_out_logits,
     length_prior_term,
     load_ranker,
     neural_ndcg,
@@ -92,6 +95,58 @@ def _slates(n: int, d: int = 8, seed: int = 0, flip: bool = False, prefix: str =
         tokens = torch.randint(1, 12, (length,), generator=g)
         out.append(Slate(x, labels, tokens, f"{prefix}{i}"))
     return out
+
+
+def _sourced(slates: list[Slate], sources: tuple[str, ...]) -> list[Slate]:
+    return [replace(s, source=sources[i % len(sources)]) for i, s in enumerate(slates)]
+
+
+def test_dev_calibration_logits_are_the_models_own_on_dev():
+    cfg = RankerConfig(d_in=8, epochs=3, patience=3)
+    train, dev = _slates(12, seed=1), _slates(6, seed=2, prefix="d")
+    model, _ = train_ranker(cfg, train, dev, progress=False)
+    logits, labels, info = held_out_logits(model, train, dev, "dev")
+    assert info == {"calibrated_on": "dev", "held_out_sources": []}
+    assert len(logits) == len(labels) == len(dev)
+    for x, y, s in zip(logits, labels, dev):
+        assert torch.equal(x, model(s.features, s.tokens)) and torch.equal(y, s.labels)
+
+
+def test_cross_source_logits_come_from_a_ranker_that_never_saw_the_source():
+    cfg = RankerConfig(d_in=8, epochs=4, patience=4, length_prior=2.0)
+    sources = ("a", "b", "c")
+    train, dev = _sourced(_slates(18, seed=1), sources), _sourced(_slates(9, seed=2, prefix="d"), sources)
+    model, _ = train_ranker(cfg, train, dev, progress=False)
+    logits, labels, info = held_out_logits(model, train, dev, "cross-source")
+    assert info == {"calibrated_on": "cross-source", "held_out_sources": ["a", "b", "c"]}
+    # every training slate once, grouped by source; each scored by the ranker trained on the others
+    held = [s for src in sources for s in (*train, *dev) if s.source == src]
+    assert len(logits) == len(held) == len(train) + len(dev)
+    for src in sources:
+        other, _ = train_ranker(cfg, [s for s in train if s.source != src], [s for s in dev if s.source != src],
+                                progress=False)
+        for x, y, s in zip(logits, labels, held):
+            if s.source == src:
+                assert torch.equal(x, other(s.features, s.tokens)) and torch.equal(y, s.labels)
+    # a source's own labels never reach the scores it is calibrated with
+    flipped = [replace(s, labels=s.labels.flip(0)) if s.source == "a" else s for s in train]
+    again, _, _ = held_out_logits(model, flipped, dev, "cross-source")
+    for x, x2, s in zip(logits, again, held):
+        if s.source == "a":
+            assert torch.equal(x, x2)
+    # ...while the other sources' rankers trained on them, so theirs move (the check is not vacuous)
+    assert any(not torch.equal(x, x2) for x, x2, s in zip(logits, again, held) if s.source != "a")
+
+
+def test_cross_source_falls_back_to_dev_with_one_source(caplog):
+    cfg = RankerConfig(d_in=8, epochs=2, patience=2)
+    train, dev = _sourced(_slates(8, seed=1), ("only",)), _sourced(_slates(4, seed=2, prefix="d"), ("only",))
+    model, _ = train_ranker(cfg, train, dev, progress=False)
+    logits, _, info = held_out_logits(model, train, dev, "cross-source")
+    assert info["calibrated_on"] == "dev" and len(logits) == len(dev)
+    assert "calibrating on the dev split instead" in caplog.text
+    with pytest.raises(ValueError, match="unknown calibrate_on"):
+        held_out_logits(model, train, dev, "test")
 
 
 def test_ranker_overfits_separable_slates():

@@ -89,6 +89,9 @@ def test_decide_directions_and_undefined_metrics():
     with pytest.raises(ValueError, match="unknown calibration 'isotonic'"):
         GateConfig(calibration="isotonic")
     assert GateConfig().calibration == "centred"
+    with pytest.raises(ValueError, match="unknown calibrate_on 'test'"):
+        GateConfig(calibrate_on="test")
+    assert GateConfig().calibrate_on == "cross-source"
 
 
 def test_feedback_that_helps_is_promoted_and_feedback_that_hurts_is_refused(sup, tiny_artifact_dir, tmp_path):

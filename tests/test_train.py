@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -107,6 +108,22 @@ def test_bind_before_pretrain_and_other_bad_inputs(sup, tiny_artifact_dir, tmp_p
     one_problem = tiny_records(1)
     with pytest.raises(ValueError, match="both sides of the problem split"):
         bind(sup, model, one_problem, ranker_cfg=TINY_RANKER, progress=False)
+
+
+def test_bind_calibrates_each_source_as_scored_by_a_ranker_trained_without_it(sup, tiny_artifact_dir, tmp_path):
+    recs = [replace(r, source="left" if i % 2 else "right") for i, r in enumerate(tiny_records(24))]
+    cross, dev = tmp_path / "cross", tmp_path / "dev"
+    shutil.copytree(tiny_artifact_dir, cross)
+    shutil.copytree(tiny_artifact_dir, dev)
+    mc = bind(sup, cross, recs, ranker_cfg=TINY_RANKER, dev_fraction=0.3, progress=False)
+    md = bind(sup, dev, recs, ranker_cfg=TINY_RANKER, dev_fraction=0.3, progress=False, calibrate_on="dev")
+    assert mc["ranker_training"]["calibrated_on"] == "cross-source"
+    assert mc["ranker_training"]["held_out_sources"] == ["left", "right"]
+    assert md["ranker_training"]["calibrated_on"] == "dev" and md["ranker_training"]["held_out_sources"] == []
+    # the same shipped ranker; only the data its map was fitted on differs
+    a, b = load_file(str(cross / "ranker.safetensors")), load_file(str(dev / "ranker.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert mc["calibration"] != md["calibration"]
 
 
 def test_pretrain_holdout_keeps_dev_problems_out_of_stage_1(sup, tmp_path):
