@@ -73,7 +73,7 @@ class EvalConfig:
     seeds: int = 1
     """Seeds per trainable method (fit/dev split and initialisation both change with the seed)."""
     dev_fraction: float = 0.2
-    """Share of training problems held out for early stopping and calibration."""
+    """Share of training problems held out for early stopping (and calibration, for models bound with ``dev``)."""
     n_boot: int = 1000
     """Bootstrap replicates (problems resampled) for the 95% intervals; 0 = no intervals."""
     curve_k: int = 10

@@ -54,7 +54,7 @@ class GateConfig:
     metric: str = "top1"
     """Metric of ``analyzer.metrics.evaluate`` that decides: top1/3/5, auroc, bss, brier, ece."""
     dev_fraction: float = 0.2
-    """Share of training problems bind holds out for early stopping and calibration."""
+    """Share of training problems bind holds out for early stopping (and calibration, with ``calibrate_on="dev"``)."""
     calibration: str = DEFAULT_METHOD
     """Calibration method for the candidate (``centred``, ``platt`` or ``temperature``; ``analyzer.calibrate``)."""
     calibrate_on: str = DEFAULT_CALIBRATE_ON

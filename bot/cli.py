@@ -387,7 +387,7 @@ _calibrate_on_option = click.option(
               help="Model directory made by `ptbot pretrain`.")
 @click.option("--languages", help="Only records of these languages (comma-separated).")
 @click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Share of problems held out for early stopping and calibration.")
+              help="Share of problems held out for early stopping (and calibration, with --calibrate-on dev).")
 @_calibration_option
 @_calibrate_on_option
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="NeuralNDCG temperature.")
@@ -396,6 +396,9 @@ _calibrate_on_option = click.option(
               help="Weight of the longest-line prior added to the ranker's scores (default 6, chosen on "
                    "mined non-Python fixes; 0 = the ranker alone). See BENCHMARKS.md.")
 @click.option("--version", "model_version", help="Version recorded in the manifest (default: the training time).")
+@click.option("--keep-ranker", is_flag=True,
+              help="Keep the bound ranker and only re-fit its calibration (e.g. with another --calibration or "
+                   "--calibrate-on). Needs the DATA, --dev-fraction and --seed it was bound with.")
 @click.option("--feedback-db", metavar="URL",
               help="Also train on reviewers' feedback from this label store and promote the result only if "
                    "it beats the serving version on held-out feedback; MODEL_DIR must then be a model home "
@@ -403,11 +406,11 @@ _calibrate_on_option = click.option(
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
 def bind(ctx, data, model_dir, languages, dev_fraction, calibration, calibrate_on, temperature, epochs, length_prior,
-         model_version, feedback_db, seed):
+         model_version, keep_ranker, feedback_db, seed):
     """Stage 2: train the ranker (NeuralNDCG + pointwise head) and calibrate it on DATA."""
     if feedback_db:
-        if temperature is not None or length_prior is not None or model_version:
-            raise _fail("--temperature, --length-prior and --version are not used with --feedback-db")
+        if temperature is not None or length_prior is not None or model_version or keep_ranker:
+            raise _fail("--temperature, --length-prior, --version and --keep-ranker are not used with --feedback-db")
         return ctx.invoke(rebind_cmd, data=data, home=model_dir, feedback_db=feedback_db, repo=None,
                           languages=languages, holdout=0.3, metric="top1", min_gain=0.0,
                           dev_fraction=dev_fraction, calibration=calibration, calibrate_on=calibrate_on,
@@ -427,7 +430,7 @@ def bind(ctx, data, model_dir, languages, dev_fraction, calibration, calibrate_o
     try:
         manifest = run(sup, Path(model_dir), recs, ranker_cfg=rcfg, dev_fraction=dev_fraction,
                        seed=seed, calibration=calibration, calibrate_on=calibrate_on, cache=_state_cache(ctx, sup),
-                       version=model_version)
+                       version=model_version, keep_ranker=keep_ranker)
     except (ArtifactError, ValueError) as e:
         raise _fail(str(e)) from e
     m = manifest["dev_metrics"]
@@ -608,7 +611,8 @@ def _model_dir_or_default(settings: Settings, model: str | None) -> Path | None:
               help="Bootstrap replicates for 95% intervals (0 = none).")
 @click.option("--dev-fraction", default=0.2, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Share of training problems held out for early stopping and calibration.")
+              help="Share of training problems held out for early stopping (and calibration, when the model "
+                   "was bound with --calibrate-on dev).")
 @click.option("--ranker-epochs", type=click.IntRange(min=1), help="Maximum ranker epochs (pttrust, probe).")
 @click.option("--snippet-auroc/--no-snippet-auroc", default=True, show_default=True,
               help="Also read each test record's fixed version, as a clean snippet for snippet-level AUROC.")
@@ -847,7 +851,8 @@ def feedback_export(ctx, out, repo):
 @click.option("--min-gain", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Promote only if the new version is at least this much better on --metric.")
 @click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Share of training problems held out for early stopping and calibration.")
+              help="Share of training problems held out for early stopping (and calibration, with "
+                   "--calibrate-on dev).")
 @_calibration_option
 @_calibrate_on_option
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")

@@ -471,6 +471,14 @@ def test_pretrain_bind_review_via_cli(tmp_path, tiny_model_dir):
     assert m["ranker"]["length_prior"] == 0.0
     assert m["calibration"]["method"] == "platt" and "c" not in m["calibration"]
     assert m["ranker_training"]["calibrated_on"] == "dev"
+    # re-calibrate without retraining: the ranker's weights stay as they are
+    weights = (out / "ranker.safetensors").read_bytes()
+    r = run("bind", str(data), "--model", str(out), "--dev-fraction", "0.3", "--keep-ranker")
+    assert r.exit_code == 0, r.stderr
+    assert (out / "ranker.safetensors").read_bytes() == weights
+    assert read_manifest(out)["calibration"]["method"] == "centred"
+    r = run("bind", str(data), "--model", str(out), "--dev-fraction", "0.3", "--keep-ranker", "--epochs", "3")
+    assert r.exit_code == 1 and "do nothing when the bound ranker is kept" in r.stderr
 
 
 def test_pretrain_and_bind_bad_inputs(tmp_path, tiny_model_dir):

@@ -126,6 +126,30 @@ def test_bind_calibrates_each_source_as_scored_by_a_ranker_trained_without_it(su
     assert mc["calibration"] != md["calibration"]
 
 
+def test_bind_keep_ranker_refits_only_the_calibration(sup, tiny_artifact_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_artifact_dir, model)
+    before = read_manifest(model)
+    weights = (model / "ranker.safetensors").read_bytes()
+    recs = tiny_records(24)
+    m = bind(sup, model, recs, dev_fraction=0.3, progress=False, keep_ranker=True, calibration="platt",
+             calibrate_on="dev", version="9.9")
+    assert (model / "ranker.safetensors").read_bytes() == weights
+    assert m["ranker"] == before["ranker"] and m["version"] == "9.9"
+    assert m["calibration"]["method"] == "platt" and before["calibration"]["method"] == "centred"
+    assert m["ranker_training"]["best_epoch"] == before["ranker_training"]["best_epoch"]
+    # same ranker, same dev split: the ranking metrics cannot move, only the probabilities
+    for key in ("top1", "top3", "auroc"):
+        assert m["dev_metrics"][key] == before["dev_metrics"][key], key
+    with pytest.raises(ValueError, match="Keeping it needs the same data and split"):
+        bind(sup, model, recs, dev_fraction=0.3, seed=1, progress=False, keep_ranker=True)
+    with pytest.raises(ValueError, match="Keeping it needs the same data and split"):
+        bind(sup, model, recs[:20], dev_fraction=0.3, progress=False, keep_ranker=True)
+    with pytest.raises(ValueError, match="do nothing when the bound ranker is kept"):
+        bind(sup, model, recs, dev_fraction=0.3, progress=False, keep_ranker=True, ranker_cfg={"epochs": 2})
+    assert (model / "ranker.safetensors").read_bytes() == weights
+
+
 def test_pretrain_holdout_keeps_dev_problems_out_of_stage_1(sup, tmp_path):
     from analyzer.records import split_by_problem
 
