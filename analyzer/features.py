@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from analyzer.declarations import declares
 from analyzer.lines import LineSpan, map_lines
 from analyzer.supervisor import Supervisor
 
@@ -48,6 +49,10 @@ class FeatureConfig:
     a ranker trained on Python extrapolates absolute lengths badly. Chosen on the Python dev split
     and on mined non-Python fixes, never on evaluation data (BENCHMARKS.md, variant selection).
     Artifacts written before this field existed read as False (``from_dict``)."""
+    declarations: bool = False
+    """Append 1.0 for a line that declares (an import/include/use line or a function/type header,
+    ``analyzer.declarations``), else 0.0: a language-agnostic column through which what Python
+    teaches about such lines reaches other languages' signatures. Last column when on."""
 
     def __post_init__(self) -> None:
         if not (self.absolute or self.centre):
@@ -65,7 +70,8 @@ class FeatureConfig:
         return self.prefix.replace("{language}", language or "")
 
     def n_inputs(self, n_latents: int) -> int:
-        return n_latents * (int(self.absolute) + int(self.centre)) + 2 * int(self.shape) + int(self.position)
+        return (n_latents * (int(self.absolute) + int(self.centre)) + 2 * int(self.shape) + int(self.position)
+                + int(self.declarations))
 
 
 @dataclass(frozen=True)
@@ -163,4 +169,6 @@ def ranker_inputs(latents: torch.Tensor, lines: Sequence[LineSpan], cfg: Feature
             cols = [0, len(extra) - 1]  # log tokens and log chars; position is relative already
             shape[:, cols] -= shape[:, cols].mean(dim=0, keepdim=True)
         parts.append(shape)
+    if cfg.declarations:
+        parts.append(torch.tensor([[float(declares(s.text))] for s in lines], dtype=latents.dtype).reshape(n, 1))
     return torch.cat(parts, dim=1)

@@ -36,7 +36,9 @@ within-snippet z-scores (``+len6``), without training again.
 Feature variants, suffixes on ``sae``/``raw`` (composable, e.g. ``sae~nb``): ``~rel`` shape
 columns centred on the file, ``~nb`` the previous and next line's features appended, ``~dl`` the
 change from the previous line appended (line context, no new forward pass), ``~sc`` latents
-divided by their spread in the file, ``~rk`` latents as ranks within the file. Ranker settings per
+divided by their spread in the file, ``~rk`` latents as ranks within the file, ``~decl`` a 0/1
+column for import and function/type header lines (``FeatureConfig.declarations``; last in a
+composed name, since the other suffixes read the shape columns from the end). Ranker settings per
 variant: ``sae{hidden=16,dropout=0.3}`` (any ``RankerConfig`` field; quote the argument).
 
 ``--fit``/``--dev``: write them with ``python benchmarks/select_variants.py --split DATA... --out DIR``
@@ -56,6 +58,7 @@ import numpy as np
 import torch
 
 from analyzer.baselines import length_scores
+from analyzer.declarations import declares
 from analyzer.evaluate import (EvalConfig, _ranker_logits, _ranker_method, _sae_inputs, _split, open_model,
                                read_records)
 from analyzer.features import StateCache, ranker_inputs
@@ -160,6 +163,11 @@ def _with_file_ranks(x: torch.Tensor) -> torch.Tensor:
     upto = torch.searchsorted(srt, cols, side="right").float()           # lines lower or equal
     x[:, :-3] = (((below + upto - 1) / 2) / max(n - 1, 1) - 0.5).T if n > 1 else 0.0
     return x
+
+
+def _declaration_column(r) -> torch.Tensor:
+    """(L, 1): the column ``FeatureConfig.declarations`` appends (1.0 = import or function/type header)."""
+    return torch.tensor([[float(declares(s.text))] for s in r.snippet.lines]).reshape(-1, 1)
 
 
 def _split_variants(spec: str) -> list[str]:
@@ -283,12 +291,18 @@ def main() -> None:
     derive = {"~rel": _relative_shape, "~nb": _with_neighbours, "~dl": _with_delta,
               "~sc": _with_file_scale, "~rk": _with_file_ranks}
 
+    by_id = {id(r): r for r in every}
+
     def table_of(name: str) -> dict:
         if name not in table:
             cut = name.rindex("~")
             if name[cut:] == "~rel" and not loaded.features.shape:
                 raise SystemExit(f"variant {name}: the model's features have no shape columns")
-            table[name] = {k: derive[name[cut:]](v) for k, v in table_of(name[:cut]).items()}
+            if name[cut:] == "~decl":  # FeatureConfig.declarations: needs each reading's line texts
+                table[name] = {k: torch.cat([v, _declaration_column(by_id[k])], dim=1)
+                               for k, v in table_of(name[:cut]).items()}
+            else:
+                table[name] = {k: derive[name[cut:]](v) for k, v in table_of(name[:cut]).items()}
         return table[name]
 
     class _Feats(dict):  # variant name -> (reading -> features), derived tables made on first use

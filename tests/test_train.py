@@ -194,3 +194,10 @@ def test_ranker_inputs_columns_absolute_and_relative_shape():
     torch.testing.assert_close(rel[:, 3], x[:, 3])              # position unchanged
     torch.testing.assert_close(rel[:, 4], chars - chars.mean())
     assert FeatureConfig.from_dict(FeatureConfig().to_dict()) == FeatureConfig()
+    # declarations: one more, last column, 1.0 on import and header lines
+    decl_lines = [LineSpan(1, 0, 0, 1, "def f(x):"), *lines[1:]]
+    d = ranker_inputs(latents, decl_lines, FeatureConfig(prefix="", declarations=True))
+    assert d.shape == (3, 6) == (3, FeatureConfig(declarations=True).n_inputs(2))
+    torch.testing.assert_close(d[:, :5], ranker_inputs(latents, decl_lines, FeatureConfig(prefix="")))
+    assert d[:, 5].tolist() == [1.0, 0.0, 0.0]
+    assert FeatureConfig.from_dict(FeatureConfig().to_dict()).declarations is False
