@@ -20,7 +20,7 @@ fit record's fixed code (the mutations ``ptbot pretrain`` makes: lines swapped, 
 line deleted), which adds positives that do not depend on one language's bug habits; early
 stopping and calibration still use real bugs only.
 
-Each ranker holds out part of the fit records for early stopping and Platt scaling, split by
+Each ranker holds out part of the fit records for early stopping and calibration, split by
 problem with its own seed; seed 0 is never used there, because ``bind``'s seed-0 split is what
 made fit/dev in the first place (it would put every fit record on the training side).
 
@@ -343,8 +343,9 @@ def main() -> None:
         v_fit, v_sets = readings[layer]
         for seed in range(args.seeds):
             members = range(args.members) if ens else range(1)
+            # Ranking only: the map is fitted on dev, one ranker per seed (cross-source would train four).
             runs = [_ranker_method(variant, seed * 100 + m + 1, v_fit, v_sets, feats[base], v_cfg, cfg,
-                                   prior_in_training=in_training)
+                                   prior_in_training=in_training, calibrate_on="dev")
                     for m in members]
             preds = _ensemble(runs)
             res = {ds: _metrics(p) for ds, p in preds.items()}
