@@ -47,7 +47,8 @@ from analyzer.calibrate import DEFAULT_METHOD, Calibrator
 from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, ranker_inputs
 from analyzer.metrics import (SnippetPrediction, bootstrap_ci, evaluate, random_topk_hit_rate, snippet_auroc,
                               summarize_seeds, topk_hit_rate)
-from analyzer.ranker import DEFAULT_CALIBRATE_ON, RankerConfig, Slate, held_out_logits, load_ranker, train_ranker
+from analyzer.ranker import (DEFAULT_CALIBRATE_ON, RankerConfig, Slate, by_source, held_out_logits, load_ranker,
+                             train_ranker)
 from analyzer.records import problem_key, split_by_problem
 from analyzer.sae import load_sae
 from analyzer.supervisor import Supervisor, SupervisorConfig
@@ -249,22 +250,31 @@ def _ranker_logits(ranker, x: torch.Tensor, r: Reading) -> np.ndarray:
 
 def _ranker_method(name: str, seed: int, train: Sequence[Reading], tests: Mapping[str, Sequence[Reading]],
                    feats, ranker_cfg: dict[str, Any], cfg: EvalConfig, prior_in_training: bool = False,
-                   calibration: str = DEFAULT_METHOD, calibrate_on: str = DEFAULT_CALIBRATE_ON) -> MethodRun:
+                   calibration: str = DEFAULT_METHOD, calibrate_on: str = DEFAULT_CALIBRATE_ON,
+                   ranker_sources: Sequence[str] | None = None) -> MethodRun:
     """Train the per-line ranker on ``feats(reading)`` (fit split), early-stop on dev, calibrate on the
-    held-out logits ``calibrate_on`` names (``ranker.held_out_logits``), score tests."""
+    held-out logits ``calibrate_on`` names (``ranker.held_out_logits``), score tests. With
+    ``ranker_sources``, only those sources train the ranker; the others' fit records join the map's data."""
     fit, dev = _split(train, cfg.dev_fraction, seed)
 
     def slates(rs: Sequence[Reading]) -> list[Slate]:
         return [Slate(features=feats(r), labels=torch.tensor(r.labels, dtype=torch.float32),
                       tokens=torch.tensor(r.tokens), group=r.group, source=r.record.source) for r in rs]
 
+    if ranker_sources is not None:
+        missing = set(ranker_sources) - {r.record.source for r in train}
+        if missing:
+            raise ValueError(f"the model's ranker learns from source(s) {', '.join(sorted(missing))}, which no "
+                             "--train record comes from; pass the files it was bound on")
+    fit, unseen = by_source(fit, ranker_sources, lambda r: r.record.source)
+    dev, _ = by_source(dev, ranker_sources, lambda r: r.record.source)
     fit_s, dev_s = slates(fit), slates(dev)
     rc = RankerConfig(**{**ranker_cfg, "d_in": fit_s[0].features.shape[1], "seed": seed})
     ranker, _ = train_ranker(rc, fit_s, dev_s, progress=cfg.progress, prior_in_training=prior_in_training)
     cal_logits, cal_labels, info = held_out_logits(ranker, fit_s, dev_s, calibrate_on,
-                                                   prior_in_training=prior_in_training)
-    calibrated_on = (_ids(dev) if info["calibrated_on"] == "dev" else
-                     _ids([r for r in (*fit, *dev) if r.record.source in info["held_out_sources"]]))
+                                                   prior_in_training=prior_in_training, unseen=slates(unseen))
+    calibrated_on = _ids(unseen) | (_ids(dev) if info["calibrated_on"] == "dev" else
+                                    _ids([r for r in (*fit, *dev) if r.record.source in info["held_out_sources"]]))
     with torch.no_grad():
         calib = _calibrate([x.double().numpy() for x in cal_logits], [y.numpy() for y in cal_labels], calibration)
         run = MethodRun(name, seed, _ids(fit), calibrated_on)
@@ -447,6 +457,7 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
     calibration = "platt" if calibration == "identity" else calibration
     calibrate_on = (manifest.get("ranker_training") or {}).get("calibrated_on",
                                                                "dev" if bound else DEFAULT_CALIBRATE_ON)
+    ranker_sources = (manifest.get("ranker_training") or {}).get("ranker_sources")
 
     runs: list[MethodRun] = []
     by_method: dict[str, list[MethodRun]] = {}
@@ -457,7 +468,8 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
             if method == "pttrust" and train_r:
                 run = _ranker_method(method, seed, train_r, test_r,
                                      lambda r: _sae_inputs(sae, r, features), ranker_cfg, cfg,
-                                     calibration=calibration, calibrate_on=calibrate_on)
+                                     calibration=calibration, calibrate_on=calibrate_on,
+                                     ranker_sources=ranker_sources)
             elif method == "pttrust":
                 run = _shipped_pttrust(loaded, test_r)
             elif method == "probe":
@@ -465,7 +477,7 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
                 run = _ranker_method(method, seed, train_r, test_r,
                                      lambda r: ranker_inputs(r.snippet.states, r.snippet.lines, features),
                                      {**ranker_cfg, "length_prior": 0.0}, cfg, calibration=calibration,
-                                     calibrate_on=calibrate_on)
+                                     calibrate_on=calibrate_on, ranker_sources=ranker_sources)
             elif method in ("lookback", "lookback_mlp"):
                 run = _classifier_method(method, "logistic" if method == "lookback" else "mlp",
                                          seed, train_r, test_r, cfg)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from analyzer.weights import load_state, save_state
 logger = logging.getLogger(__name__)
 
 _EPS = 1e-10  # allRank DEFAULT_EPS
+T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------------ NeuralNDCG
@@ -402,12 +404,22 @@ DEFAULT_CALIBRATE_ON = "cross-source"
 """What ``bind``, ``rebind`` and ``eval`` use unless told otherwise (chosen in BENCHMARKS.md)."""
 
 
+def by_source(items: Sequence[T], sources: Collection[str] | None,
+              source: Callable[[T], str] = lambda s: s.source) -> tuple[list[T], list[T]]:
+    """(the items, slates by default, whose ``source(item)`` is in ``sources``, the others); None keeps all."""
+    if sources is None:
+        return list(items), []
+    return [x for x in items if source(x) in sources], [x for x in items if source(x) not in sources]
+
+
 def held_out_logits(model: RankerMLP, train: list[Slate], dev: list[Slate], calibrate_on: str = DEFAULT_CALIBRATE_ON,
-                    progress: bool = False, prior_in_training: bool = False,
+                    progress: bool = False, prior_in_training: bool = False, unseen: Sequence[Slate] = (),
                     ) -> tuple[list[Tensor], list[Tensor], dict[str, Any]]:
     """Logits and labels, one (L,) pair per slate, to fit a calibration map on; and what they are.
 
-    ``model`` was trained on ``train`` and early-stopped on ``dev``.
+    ``model`` was trained on ``train`` and early-stopped on ``dev``. ``unseen``: labelled slates of
+    sources kept out of the ranker's training (``bind --ranker-sources``); ``model``'s own logits on
+    them are out of source already, and join the logits of either choice below.
 
     - ``"dev"``: ``model``'s logits on ``dev``. Those slates picked ``model``'s epoch, so the
       map learns a ranker that is as sure of itself as it is on data like its own.
@@ -419,7 +431,7 @@ def held_out_logits(model: RankerMLP, train: list[Slate], dev: list[Slate], cali
       A source that would leave the others without a train or dev slate is not held out; with
       fewer than two sources held out this falls back to ``"dev"``, and says so in the returned info.
 
-    Info: ``{"calibrated_on": "dev" | "cross-source", "held_out_sources": [...]}``.
+    Info: ``{"calibrated_on": "dev" | "cross-source", "held_out_sources": [...], "unseen_sources": [...]}``.
     """
     if calibrate_on not in CALIBRATE_ON:
         raise ValueError(f"unknown calibrate_on {calibrate_on!r}; use one of {', '.join(CALIBRATE_ON)}")
@@ -430,11 +442,14 @@ def held_out_logits(model: RankerMLP, train: list[Slate], dev: list[Slate], cali
         logger.warning("cross-source calibration needs records from at least two sources that can each be "
                        "held out (found %s); calibrating on the dev split instead", sources)
         calibrate_on = "dev"
+    with torch.no_grad():
+        logits = [model(s.features, s.tokens).float() for s in unseen]
+    labels = [s.labels for s in unseen]
+    unseen_sources = sorted({s.source for s in unseen})
     if calibrate_on == "dev":
         with torch.no_grad():
-            return ([model(s.features, s.tokens).float() for s in dev], [s.labels for s in dev],
-                    {"calibrated_on": "dev", "held_out_sources": []})
-    logits, labels = [], []
+            return (logits + [model(s.features, s.tokens).float() for s in dev], labels + [s.labels for s in dev],
+                    {"calibrated_on": "dev", "held_out_sources": [], "unseen_sources": unseen_sources})
     for src in usable:
         logger.info("cross-source calibration: ranker without %r", src)
         other, _ = train_ranker(model.cfg, [s for s in train if s.source != src], [s for s in dev if s.source != src],
@@ -444,7 +459,8 @@ def held_out_logits(model: RankerMLP, train: list[Slate], dev: list[Slate], cali
                 if s.source == src:
                     logits.append(other(s.features, s.tokens).float())
                     labels.append(s.labels)
-    return logits, labels, {"calibrated_on": "cross-source", "held_out_sources": usable}
+    return logits, labels, {"calibrated_on": "cross-source", "held_out_sources": usable,
+                            "unseen_sources": unseen_sources}
 
 
 # ---------------------------------------------------------------------------------- persistence

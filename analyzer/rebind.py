@@ -169,11 +169,16 @@ def rebind_with_gate(sup: Supervisor, home: Path | str, seed_records: Sequence[R
     serving_dir = versions.current_dir(home)
     log.info("re-binding %s (serving %s): %d seed + %d feedback-train records, %d held out",
              home, serving, len(seed_records), len(fb_train), len(fb_held))
+    # A serving model whose ranker learned from some sources only keeps that choice; feedback
+    # (reviewers' labels on the team's own code) always trains the candidate's ranker.
+    served = (artifact.read_manifest(serving_dir).get("ranker_training") or {}).get("ranker_sources")
+    ranker_sources = (sorted((set(served) & {r.source for r in seed_records}) | {r.source for r in fb_train})
+                      if served else None)
     cand = versions.new_version_dir(home)
     try:
         train.bind(sup, cand, list(seed_records) + fb_train, ranker_cfg=ranker_cfg,
                    dev_fraction=cfg.dev_fraction, seed=cfg.seed, calibration=cfg.calibration,
-                   calibrate_on=cfg.calibrate_on,
+                   calibrate_on=cfg.calibrate_on, ranker_sources=ranker_sources,
                    progress=progress, cache=cache)
         kw = dict(n_boot=cfg.n_boot, seed=cfg.seed, cache=cache, progress=progress)
         old = evaluate_version(sup, serving_dir, fb_held, **kw)

@@ -31,8 +31,8 @@ from analyzer.calibrate import DEFAULT_METHOD, Calibrator
 from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, ranker_inputs
 from analyzer.metrics import SnippetPrediction, evaluate
 from analyzer.mutate import mutate, pair_lines
-from analyzer.ranker import (DEFAULT_CALIBRATE_ON, RankerConfig, Slate, held_out_logits, load_ranker, save_ranker,
-                             train_ranker)
+from analyzer.ranker import (DEFAULT_CALIBRATE_ON, RankerConfig, Slate, by_source, held_out_logits, load_ranker,
+                             save_ranker, train_ranker)
 from analyzer.records import problem_key, split_by_problem
 from analyzer.sae import SAEConfig, load_sae, save_sae, train_sae
 from analyzer.supervisor import Supervisor
@@ -262,7 +262,8 @@ def predictions(ranker, calibrator: Calibrator | None, slates: Sequence[Slate]) 
 
 
 def _bound_ranker(model_dir: Path, manifest: dict[str, Any], ranker_cfg: dict[str, Any] | None, n_train: int,
-                  n_dev: int, dev_fraction: float, seed: int) -> tuple[RankerConfig, Any, int | None]:
+                  n_dev: int, dev_fraction: float, seed: int,
+                  ranker_sources: list[str] | None) -> tuple[RankerConfig, Any, int | None]:
     """The ranker ``model_dir`` was bound with, if these records split as they did then."""
     if not manifest.get("ranker"):
         raise artifact.ArtifactError(f"{model_dir} has no ranker to keep: run `ptbot bind` without --keep-ranker")
@@ -271,9 +272,13 @@ def _bound_ranker(model_dir: Path, manifest: dict[str, Any], ranker_cfg: dict[st
     was = manifest.get("ranker_training") or {}
     then = (was.get("train_records"), was.get("dev_records"), was.get("dev_fraction"), was.get("seed"))
     if then != (n_train, n_dev, dev_fraction, seed):
-        raise ValueError(f"the ranker in {model_dir} was bound on {then[0]} train / {then[1]} dev records (dev fraction "
-                         f"{then[2]}, seed {then[3]}); these records and settings give {n_train} / {n_dev} "
-                         f"(dev fraction {dev_fraction}, seed {seed}). Keeping it needs the same data and split.")
+        raise ValueError(f"the ranker in {model_dir} was bound on {then[0]} train / {then[1]} dev records "
+                         f"(dev fraction {then[2]}, seed {then[3]}); these records and settings give "
+                         f"{n_train} / {n_dev} (dev fraction {dev_fraction}, seed {seed}). "
+                         "Keeping it needs the same data and split.")
+    if was.get("ranker_sources") != ranker_sources:
+        raise ValueError(f"the ranker in {model_dir} learned from sources {was.get('ranker_sources') or 'all'}, "
+                         f"not {ranker_sources or 'all'}; keeping it needs the same --ranker-sources")
     cfg = RankerConfig.from_dict(manifest["ranker"])
     return cfg, load_ranker(model_dir, manifest["ranker"]), was.get("best_epoch")
 
@@ -281,7 +286,8 @@ def _bound_ranker(model_dir: Path, manifest: dict[str, Any], ranker_cfg: dict[st
 def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
          ranker_cfg: dict[str, Any] | None = None, dev_fraction: float = 0.2, seed: int = 0,
          calibration: str = DEFAULT_METHOD, calibrate_on: str = DEFAULT_CALIBRATE_ON, progress: bool = True,
-         cache: StateCache | None = None, version: str | None = None, keep_ranker: bool = False) -> dict[str, Any]:
+         cache: StateCache | None = None, version: str | None = None, keep_ranker: bool = False,
+         ranker_sources: Sequence[str] | None = None) -> dict[str, Any]:
     """Stage 2: train the ranker and calibrator on labelled records; update ``model_dir``.
 
     ``calibrate_on`` picks the logits the calibration map is fitted on (``ranker.held_out_logits``:
@@ -290,7 +296,10 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     re-fits the map: the ranker's weights are not reproducible bit for bit on another machine (float
     rounding moves early stopping), so changing how a model is calibrated must not retrain it. It
     needs the records, ``dev_fraction`` and ``seed`` the ranker was bound with (checked by the split's
-    sizes), so that the dev metrics stay honest.
+    sizes), so that the dev metrics stay honest. ``ranker_sources``: the sources (``Record.source``)
+    whose records train and early-stop the ranker (None = all); the other sources' training-side
+    records only fit the calibration map, scored by the ranker that never saw them, and every
+    source's dev-side records give the dev metrics.
     """
     manifest = artifact.read_manifest(model_dir)
     if not manifest.get("sae"):
@@ -302,17 +311,28 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     if not train_recs or not dev_recs:
         raise ValueError(f"need records on both sides of the problem split (train {len(train_recs)}, "
                          f"dev {len(dev_recs)}); pass more data or change --dev-fraction")
+    sources = sorted(ranker_sources) if ranker_sources else None
+    unknown = set(sources or ()) - {r.source for r in records}
+    if unknown:
+        raise ValueError(f"no records of source(s) {', '.join(sorted(unknown))}; these records come from "
+                         f"{', '.join(sorted({r.source for r in records}))}")
     train = make_slates(sup, sae, train_recs, features, progress, "reading code (train)", cache)
     dev = make_slates(sup, sae, dev_recs, features, progress, "reading code (dev)", cache)
+    rank_train, unseen = by_source(train, sources)
+    rank_dev, _ = by_source(dev, sources)
+    if not rank_train or not rank_dev:
+        raise ValueError(f"the sources {sources} leave the ranker {len(rank_train)} train / {len(rank_dev)} dev "
+                         "records; name more sources or pass more data")
     if keep_ranker:
         cfg, ranker, best_epoch = _bound_ranker(model_dir, manifest, ranker_cfg, len(train_recs), len(dev_recs),
-                                                dev_fraction, seed)
+                                                dev_fraction, seed, sources)
     else:
         cfg = RankerConfig(**{"d_in": train[0].features.shape[1], "seed": seed, **(ranker_cfg or {})})
-        ranker, history = train_ranker(cfg, train, dev, progress=progress)
+        ranker, history = train_ranker(cfg, rank_train, rank_dev, progress=progress)
         best_epoch = history.get("best_epoch") if isinstance(history, dict) else None
     ranker.eval()
-    cal_logits, cal_labels, cal_info = held_out_logits(ranker, train, dev, calibrate_on, progress=progress)
+    cal_logits, cal_labels, cal_info = held_out_logits(ranker, rank_train, rank_dev, calibrate_on,
+                                                       progress=progress, unseen=unseen)
     calib = Calibrator.fit_files([x.numpy() for x in cal_logits], [y.numpy() for y in cal_labels], method=calibration)
     base_rate = float(torch.cat([s.labels for s in train]).mean())
     dev_metrics = evaluate(predictions(ranker, calib, dev), base_rate=base_rate, n_boot=200, seed=seed)
@@ -327,8 +347,8 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
                             "base_rate": base_rate, "dev_fraction": dev_fraction, "seed": seed,
                             "languages": sorted({r.language for r in records}),
                             "sources": sorted({r.source for r in records}),
-                            "best_epoch": best_epoch,
-                            **cal_info},
+                            "best_epoch": best_epoch, "ranker_sources": sources,
+                            "ranker_train_records": len(rank_train), **cal_info},
         "dev_metrics": dev_metrics,
     })
     artifact.write_manifest(model_dir, manifest)

@@ -396,6 +396,10 @@ _calibrate_on_option = click.option(
               help="Weight of the longest-line prior added to the ranker's scores (default 6, chosen on "
                    "mined non-Python fixes; 0 = the ranker alone). See BENCHMARKS.md.")
 @click.option("--version", "model_version", help="Version recorded in the manifest (default: the training time).")
+@click.option("--ranker-sources", metavar="SOURCE,...",
+              help="Only records of these sources (their `source` field) train the ranker; the other "
+                   "sources' records only fit the calibration map, scored by a ranker that never saw "
+                   "them (default: every source trains it). The default model: humanevalpack,quixbugs.")
 @click.option("--keep-ranker", is_flag=True,
               help="Keep the bound ranker and only re-fit its calibration (e.g. with another --calibration or "
                    "--calibrate-on). Needs the DATA, --dev-fraction and --seed it was bound with.")
@@ -406,11 +410,12 @@ _calibrate_on_option = click.option(
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
 def bind(ctx, data, model_dir, languages, dev_fraction, calibration, calibrate_on, temperature, epochs, length_prior,
-         model_version, keep_ranker, feedback_db, seed):
+         model_version, ranker_sources, keep_ranker, feedback_db, seed):
     """Stage 2: train the ranker (NeuralNDCG + pointwise head) and calibrate it on DATA."""
     if feedback_db:
-        if temperature is not None or length_prior is not None or model_version or keep_ranker:
-            raise _fail("--temperature, --length-prior, --version and --keep-ranker are not used with --feedback-db")
+        if temperature is not None or length_prior is not None or model_version or keep_ranker or ranker_sources:
+            raise _fail("--temperature, --length-prior, --version, --ranker-sources and --keep-ranker are not used "
+                        "with --feedback-db (a re-bind keeps the serving model's ranker sources)")
         return ctx.invoke(rebind_cmd, data=data, home=model_dir, feedback_db=feedback_db, repo=None,
                           languages=languages, holdout=0.3, metric="top1", min_gain=0.0,
                           dev_fraction=dev_fraction, calibration=calibration, calibrate_on=calibrate_on,
@@ -430,7 +435,9 @@ def bind(ctx, data, model_dir, languages, dev_fraction, calibration, calibrate_o
     try:
         manifest = run(sup, Path(model_dir), recs, ranker_cfg=rcfg, dev_fraction=dev_fraction,
                        seed=seed, calibration=calibration, calibrate_on=calibrate_on, cache=_state_cache(ctx, sup),
-                       version=model_version, keep_ranker=keep_ranker)
+                       version=model_version, keep_ranker=keep_ranker,
+                       ranker_sources=[x.strip() for x in ranker_sources.split(",") if x.strip()] if ranker_sources
+                       else None)
     except (ArtifactError, ValueError) as e:
         raise _fail(str(e)) from e
     m = manifest["dev_metrics"]

@@ -479,6 +479,8 @@ def test_pretrain_bind_review_via_cli(tmp_path, tiny_model_dir):
     assert read_manifest(out)["calibration"]["method"] == "centred"
     r = run("bind", str(data), "--model", str(out), "--dev-fraction", "0.3", "--keep-ranker", "--epochs", "3")
     assert r.exit_code == 1 and "do nothing when the bound ranker is kept" in r.stderr
+    r = run("bind", str(data), "--model", str(out), "--epochs", "3", "--ranker-sources", "nowhere")
+    assert r.exit_code == 1 and "no records of source(s) nowhere" in r.stderr
 
 
 def test_pretrain_and_bind_bad_inputs(tmp_path, tiny_model_dir):

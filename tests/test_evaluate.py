@@ -185,6 +185,30 @@ def test_cross_source_calibration_stays_on_training_records(data, sup_cfg, model
     assert run.calibrated_on and not run.calibrated_on & run.trained_on
 
 
+def test_ranker_sources_of_the_model_are_followed(data, sup_cfg, model_dir, tmp_path):
+    # A model whose ranker learned from one source: eval's rankers too; the other source's fit
+    # records only fit the calibration map.
+    import shutil
+
+    bound = tmp_path / "model"
+    shutil.copytree(model_dir, bound)
+    m = artifact.read_manifest(bound)
+    m["ranker_training"]["ranker_sources"] = ["synth-a"]
+    artifact.write_manifest(bound, m)
+    train = [replace(r, source="synth-a" if (i // 2) % 2 else "synth-b") for i, r in enumerate(data["train"])]
+    report = run_eval(train, {"test-js": data["test-js"]}, EvalConfig(methods=("pttrust", "probe"), **FAST),
+                      model_dir=bound, supervisor=sup_cfg, cache_root=tmp_path / "cache")
+    a_ids = {r.id for r in train if r.source == "synth-a"}
+    test_ids = {r.id for r in data["test-js"]}
+    for run in report.runs:
+        assert run.trained_on and run.trained_on <= a_ids, run.method
+        assert run.calibrated_on - a_ids and not run.calibrated_on & test_ids  # b's fit records calibrate
+    with pytest.raises(ValueError, match="which no --train record comes from"):
+        run_eval([r for r in train if r.source == "synth-b"], {"test-js": data["test-js"]},
+                 EvalConfig(methods=("pttrust",), **FAST), model_dir=bound, supervisor=sup_cfg,
+                 cache_root=tmp_path / "cache")
+
+
 def test_same_file_in_train_and_test_is_refused(data, sup_cfg, model_dir):
     with pytest.raises(ValueError, match="also training records"):
         run_eval(data["train"], {"train": data["train"][:3]}, EvalConfig(methods=("length",)),

@@ -11,6 +11,7 @@ from analyzer.ranker import (
     RankerConfig,
     RankerMLP,
     Slate,
+    by_source,
     evaluate_ranker,
     held_out_logits,
     length_prior_term,
@@ -106,7 +107,7 @@ def test_dev_calibration_logits_are_the_models_own_on_dev():
     train, dev = _slates(12, seed=1), _slates(6, seed=2, prefix="d")
     model, _ = train_ranker(cfg, train, dev, progress=False)
     logits, labels, info = held_out_logits(model, train, dev, "dev")
-    assert info == {"calibrated_on": "dev", "held_out_sources": []}
+    assert info == {"calibrated_on": "dev", "held_out_sources": [], "unseen_sources": []}
     assert len(logits) == len(labels) == len(dev)
     for x, y, s in zip(logits, labels, dev):
         assert torch.equal(x, model(s.features, s.tokens)) and torch.equal(y, s.labels)
@@ -118,7 +119,7 @@ def test_cross_source_logits_come_from_a_ranker_that_never_saw_the_source():
     train, dev = _sourced(_slates(18, seed=1), sources), _sourced(_slates(9, seed=2, prefix="d"), sources)
     model, _ = train_ranker(cfg, train, dev, progress=False)
     logits, labels, info = held_out_logits(model, train, dev, "cross-source")
-    assert info == {"calibrated_on": "cross-source", "held_out_sources": ["a", "b", "c"]}
+    assert info == {"calibrated_on": "cross-source", "held_out_sources": ["a", "b", "c"], "unseen_sources": []}
     # every training slate once, grouped by source; each scored by the ranker trained on the others
     held = [s for src in sources for s in (*train, *dev) if s.source == src]
     assert len(logits) == len(held) == len(train) + len(dev)
@@ -136,6 +137,21 @@ def test_cross_source_logits_come_from_a_ranker_that_never_saw_the_source():
             assert torch.equal(x, x2)
     # ...while the other sources' rankers trained on them, so theirs move (the check is not vacuous)
     assert any(not torch.equal(x, x2) for x, x2, s in zip(logits, again, held) if s.source != "a")
+
+
+def test_unseen_sources_join_the_calibration_logits_as_the_model_scores_them():
+    cfg = RankerConfig(d_in=8, epochs=3, patience=3)
+    train, dev = _sourced(_slates(12, seed=1), ("a", "b")), _sourced(_slates(6, seed=2, prefix="d"), ("a", "b"))
+    other = _sourced(_slates(5, seed=3, prefix="o"), ("z",))
+    model, _ = train_ranker(cfg, train, dev, progress=False)
+    for how in ("dev", "cross-source"):
+        logits, labels, info = held_out_logits(model, train, dev, how, unseen=other)
+        assert info["unseen_sources"] == ["z"] and info["calibrated_on"] == how
+        for x, y, s in zip(logits, labels, other):  # first, scored by the model itself
+            assert torch.equal(x, model(s.features, s.tokens)) and torch.equal(y, s.labels)
+        assert len(logits) == len(other) + (len(dev) if how == "dev" else len(train) + len(dev))
+    assert by_source(train + other, ["z"]) == (other, train)
+    assert by_source(other, None) == (other, [])
 
 
 def test_cross_source_falls_back_to_dev_with_one_source(caplog):

@@ -126,6 +126,31 @@ def test_bind_calibrates_each_source_as_scored_by_a_ranker_trained_without_it(su
     assert mc["calibration"] != md["calibration"]
 
 
+def test_bind_ranker_sources_keep_the_other_sources_for_calibration_only(sup, tiny_artifact_dir, tmp_path):
+    recs = [replace(r, source="left" if i % 2 else "right") for i, r in enumerate(tiny_records(24))]
+    # poisoned "right" labels must not move the ranker, only the map fitted on them
+    poisoned = [replace(r, buggy_lines=(1,)) if r.source == "right" else r for r in recs]
+    out = {}
+    for name, data in (("clean", recs), ("poisoned", poisoned)):
+        out[name] = tmp_path / name
+        shutil.copytree(tiny_artifact_dir, out[name])
+        m = bind(sup, out[name], data, ranker_cfg=TINY_RANKER, dev_fraction=0.3, progress=False,
+                 ranker_sources=["left"], calibrate_on="dev")
+        rt = m["ranker_training"]
+        assert rt["ranker_sources"] == ["left"] and rt["unseen_sources"] == ["right"]
+        assert 0 < rt["ranker_train_records"] < rt["train_records"]
+    a, b = load_file(str(out["clean"] / "ranker.safetensors")), load_file(str(out["poisoned"] / "ranker.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_manifest(out["clean"])["calibration"] != read_manifest(out["poisoned"])["calibration"]
+    with pytest.raises(ValueError, match="no records of source"):
+        bind(sup, out["clean"], recs, ranker_cfg=TINY_RANKER, dev_fraction=0.3, progress=False,
+             ranker_sources=["nowhere"])
+    with pytest.raises(ValueError, match="needs the same --ranker-sources"):
+        bind(sup, out["clean"], recs, dev_fraction=0.3, progress=False, keep_ranker=True)
+    m = bind(sup, out["clean"], recs, dev_fraction=0.3, progress=False, keep_ranker=True, ranker_sources=["left"])
+    assert m["ranker_training"]["ranker_sources"] == ["left"]
+
+
 def test_bind_keep_ranker_refits_only_the_calibration(sup, tiny_artifact_dir, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_artifact_dir, model)
