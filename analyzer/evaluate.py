@@ -15,9 +15,10 @@ The harness (issue #3):
 
 Methods:
 - ``pttrust``: the ranker (NeuralNDCG + BCE, ``analyzer.ranker``) trained over the model
-  directory's SAE latents, calibrated the way the model was bound: its map (``centred`` since
-  0.4.0, ``analyzer.calibrate``) fitted on the logits ``ranker.held_out_logits`` names (each
-  Python source scored by a ranker trained without it, since 0.5.0); with no training records, the model
+  directory's SAE latents, trained and calibrated the way the model was bound: on its ranker
+  sources only (``bind --ranker-sources``, since 0.6.0), its map (``centred`` since 0.4.0,
+  ``analyzer.calibrate``) fitted on the logits ``ranker.held_out_logits`` names (each source
+  scored by a ranker trained without it, since 0.5.0); with no training records, the model
   directory's shipped ranker and calibrator as they are;
 - ``probe``: the same ranker architecture and feature logic (per-snippet centring, shape
   features, same calibration) on the raw hidden states of the same layer, i.e. without the SAE;

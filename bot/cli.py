@@ -605,7 +605,8 @@ def _model_dir_or_default(settings: Settings, model: str | None) -> Path | None:
 @click.argument("tests", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--train", "train_files", multiple=True, metavar="TRAIN.jsonl",
               help="Training file(s): repeat the flag or separate with commas. Trainable methods learn "
-                   "only from these (split by problem into fit/dev).")
+                   "only from these (split by problem into fit/dev). pttrust and probe train and calibrate "
+                   "the way --model was bound (its --ranker-sources and --calibrate-on).")
 @click.option("--methods", default="pttrust,probe,lookback,lookback_mlp,uncertainty,length,random",
               show_default=True, help="Comma-separated methods to compare.")
 @click.option("--model", metavar="MODEL_DIR", help="Model directory (supervisor, layer, SAE; default: "
