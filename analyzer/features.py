@@ -170,5 +170,10 @@ def ranker_inputs(latents: torch.Tensor, lines: Sequence[LineSpan], cfg: Feature
             shape[:, cols] -= shape[:, cols].mean(dim=0, keepdim=True)
         parts.append(shape)
     if cfg.declarations:
-        parts.append(torch.tensor([[float(declares(s.text))] for s in lines], dtype=latents.dtype).reshape(n, 1))
+        parts.append(declaration_column(lines).to(latents.dtype))
     return torch.cat(parts, dim=1)
+
+
+def declaration_column(lines: Sequence[LineSpan]) -> torch.Tensor:
+    """(n_lines, 1) float32: 1.0 where the line declares (``analyzer.declarations``), else 0.0."""
+    return torch.tensor([[float(declares(s.text))] for s in lines], dtype=torch.float32).reshape(len(lines), 1)

@@ -58,10 +58,9 @@ import numpy as np
 import torch
 
 from analyzer.baselines import length_scores
-from analyzer.declarations import declares
 from analyzer.evaluate import (EvalConfig, _ranker_logits, _ranker_method, _sae_inputs, _split, open_model,
                                read_records)
-from analyzer.features import StateCache, ranker_inputs
+from analyzer.features import StateCache, declaration_column, ranker_inputs
 from analyzer.metrics import SnippetPrediction, line_auroc, topk_hit_rate
 from analyzer.ranker import RankerConfig, Slate, length_prior_term, train_ranker
 from analyzer.records import in_dev, load_records, problem_key
@@ -163,11 +162,6 @@ def _with_file_ranks(x: torch.Tensor) -> torch.Tensor:
     upto = torch.searchsorted(srt, cols, side="right").float()           # lines lower or equal
     x[:, :-3] = (((below + upto - 1) / 2) / max(n - 1, 1) - 0.5).T if n > 1 else 0.0
     return x
-
-
-def _declaration_column(r) -> torch.Tensor:
-    """(L, 1): the column ``FeatureConfig.declarations`` appends (1.0 = import or function/type header)."""
-    return torch.tensor([[float(declares(s.text))] for s in r.snippet.lines]).reshape(-1, 1)
 
 
 def _split_variants(spec: str) -> list[str]:
@@ -299,7 +293,7 @@ def main() -> None:
             if name[cut:] == "~rel" and not loaded.features.shape:
                 raise SystemExit(f"variant {name}: the model's features have no shape columns")
             if name[cut:] == "~decl":  # FeatureConfig.declarations: needs each reading's line texts
-                table[name] = {k: torch.cat([v, _declaration_column(by_id[k])], dim=1)
+                table[name] = {k: torch.cat([v, declaration_column(by_id[k].snippet.lines)], dim=1)
                                for k, v in table_of(name[:cut]).items()}
             else:
                 table[name] = {k: derive[name[cut:]](v) for k, v in table_of(name[:cut]).items()}

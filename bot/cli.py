@@ -31,6 +31,12 @@ def _fail(message: str) -> click.ClickException:
     return click.ClickException(message)
 
 
+def _comma_list(text: str | None) -> list[str] | None:
+    """``"a, b,"`` -> ["a", "b"]; None or empty -> None (the option was not given)."""
+    items = [x.strip() for x in (text or "").split(",") if x.strip()]
+    return items or None
+
+
 def _parse_lines(spec: str | None) -> list[int] | None:
     """``3,7-9`` -> [3, 7, 8, 9]."""
     if not spec:
@@ -351,7 +357,7 @@ def pretrain(ctx, data, out_dir, shards_dir, supervisor, layer, languages, mutat
         return _pretrain_from_shards(ctx, data, shards_dir, out_dir, sae, name, seed)
     if not data:
         raise _fail("give DATA.jsonl file(s) to train on, or --shards DIR made by `ptbot extract`")
-    langs = [x.strip() for x in languages.split(",")] if languages else None
+    langs = _comma_list(languages)
     recs = _records(data, langs)
     sup = _load_supervisor(_settings(ctx), supervisor, layer)
     try:
@@ -423,7 +429,7 @@ def bind(ctx, data, model_dir, languages, dev_fraction, calibration, calibrate_o
     from analyzer.artifact import ArtifactError, read_manifest
     from analyzer.train import bind as run
 
-    langs = [x.strip() for x in languages.split(",")] if languages else None
+    langs = _comma_list(languages)
     recs = _records(data, langs)
     try:
         manifest = read_manifest(Path(model_dir))
@@ -436,8 +442,7 @@ def bind(ctx, data, model_dir, languages, dev_fraction, calibration, calibrate_o
         manifest = run(sup, Path(model_dir), recs, ranker_cfg=rcfg, dev_fraction=dev_fraction,
                        seed=seed, calibration=calibration, calibrate_on=calibrate_on, cache=_state_cache(ctx, sup),
                        version=model_version, keep_ranker=keep_ranker,
-                       ranker_sources=[x.strip() for x in ranker_sources.split(",") if x.strip()] if ranker_sources
-                       else None)
+                       ranker_sources=_comma_list(ranker_sources))
     except (ArtifactError, ValueError) as e:
         raise _fail(str(e)) from e
     m = manifest["dev_metrics"]
@@ -885,7 +890,7 @@ def rebind_cmd(ctx, data, home, feedback_db, repo, languages, holdout, metric, m
     from bot.feedback import write_export
     from bot.store import LabelStore
 
-    langs = [x.strip() for x in languages.split(",")] if languages else None
+    langs = _comma_list(languages)
     seed_records = _records(data, langs)
     url = feedback_db or _settings(ctx).database_url
     try:
@@ -1063,7 +1068,7 @@ def extract_cmd(ctx, data, out_dir, supervisor, layer, languages, mutations, fin
     from analyzer.shards import ExtractSettings, ShardError, extract_shard, finish, pending_shards
     from analyzer.train import plan_line_states, supervisor_ref
 
-    langs = [x.strip() for x in languages.split(",")] if languages else None
+    langs = _comma_list(languages)
     recs = _records(data, langs)
     sup = _load_supervisor(_settings(ctx), supervisor, layer)
     out = Path(out_dir)
