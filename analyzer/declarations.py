@@ -60,6 +60,11 @@ _STATEMENT_WORDS = frozenset(
     "except finally match loop unless until".split())
 
 
+def imports(text: str) -> bool:
+    """True if the line ``text`` imports, includes or uses a module (or is a preprocessor line)."""
+    return bool(_IMPORT.match(text.strip()))
+
+
 def declares(text: str) -> bool:
     """True if the line ``text`` is an import/include/use line or the header of a function or type."""
     s = text.strip()

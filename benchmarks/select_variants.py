@@ -30,8 +30,11 @@ made fit/dev in the first place (it would put every fit record on the training s
 Length prior (``RankerConfig.length_prior``): ``sae^p6`` is variant ``sae`` scored with the prior
 at weight 6 (what ``ptbot bind`` ships), ``sae^t6`` the same prior also inside the training loss;
 ``--blend 2,6`` reports every variant with the prior added after training at each weight
-(``+off6`` equals ``^p6``, from the same trained ranker) and with a rank-free blend of
+(``+off6`` equals ``^p6``, from the same trained ranker; ``+offd6`` / ``+offi6`` leave
+declaration / import lines out of the prior) and with a rank-free blend of
 within-snippet z-scores (``+len6``), without training again.
+
+``sae&raw``: the mean logit of a ranker on each feature set (same seed), a mixed ensemble.
 
 Feature variants, suffixes on ``sae``/``raw`` (composable, e.g. ``sae~nb``): ``~rel`` shape
 columns centred on the file, ``~nb`` the previous and next line's features appended, ``~dl`` the
@@ -60,6 +63,7 @@ import torch
 from analyzer.baselines import length_scores
 from analyzer.evaluate import (EvalConfig, _ranker_logits, _ranker_method, _sae_inputs, _split, open_model,
                                read_records)
+from analyzer.declarations import declares, imports
 from analyzer.features import StateCache, declaration_column, ranker_inputs
 from analyzer.metrics import SnippetPrediction, line_auroc, topk_hit_rate
 from analyzer.ranker import RankerConfig, Slate, length_prior_term, train_ranker
@@ -117,6 +121,19 @@ def _with_length_offset(preds: list[SnippetPrediction], weight: float) -> list[S
     does when scoring (the log-odds scale is kept, so the calibrator still reads snippet risk)."""
     return [replace(p, scores=p.scores + weight * length_prior_term(torch.as_tensor(p.tokens)).double().numpy(),
                     probabilities=None) for p in preds]
+
+
+def _with_exempt_offset(preds: list[SnippetPrediction], readings, weight: float,
+                        exempt) -> list[SnippetPrediction]:
+    """``_with_length_offset`` with the prior term set to 0 on lines where ``exempt(text)`` holds:
+    a long import or signature line is long for reasons that say nothing about its risk (a Rust
+    ``use std::{...}`` line, a wrapped Java signature), so it gets no length bonus, nor a penalty."""
+    out = []
+    for p, r in zip(preds, readings):
+        term = length_prior_term(torch.as_tensor(p.tokens)).double().numpy()
+        keep = np.array([not exempt(s.text) for s in r.snippet.lines], dtype=np.float64)
+        out.append(replace(p, scores=p.scores + weight * term * keep, probabilities=None))
+    return out
 
 
 def _relative_shape(x: torch.Tensor) -> torch.Tensor:
@@ -338,9 +355,9 @@ def main() -> None:
         for seed in range(args.seeds):
             members = range(args.members) if ens else range(1)
             # Ranking only: the map is fitted on dev, one ranker per seed (cross-source would train four).
-            runs = [_ranker_method(variant, seed * 100 + m + 1, v_fit, v_sets, feats[base], v_cfg, cfg,
+            runs = [_ranker_method(variant, seed * 100 + m + 1, v_fit, v_sets, feats[part], v_cfg, cfg,
                                    prior_in_training=in_training, calibrate_on="dev")
-                    for m in members]
+                    for part in base.split("&") for m in members]
             preds = _ensemble(runs)
             res = {ds: _metrics(p) for ds, p in preds.items()}
             results.setdefault(variant, []).append(res)
@@ -349,6 +366,9 @@ def main() -> None:
                     {ds: _metrics(_with_zscore_blend(p, w)) for ds, p in preds.items()})
                 results.setdefault(f"{variant}+off{w:g}", []).append(
                     {ds: _metrics(_with_length_offset(p, w)) for ds, p in preds.items()})
+                for tag, exempt in (("d", declares), ("i", imports)):
+                    results.setdefault(f"{variant}+off{tag}{w:g}", []).append(
+                        {ds: _metrics(_with_exempt_offset(p, v_sets[ds], w, exempt)) for ds, p in preds.items()})
             print(f"{variant} seed {seed}: dev top1 {res['dev']['top1']:.3f}", file=sys.stderr)
     names = list(sets)
     val = [n for n in names if n.startswith("val:")]

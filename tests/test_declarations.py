@@ -2,7 +2,7 @@
 
 import pytest
 
-from analyzer.declarations import declares
+from analyzer.declarations import declares, imports
 
 DECLARES = {
     "python": ["from typing import List", "import os.path", "def has_close_elements(numbers: List[float]) -> bool:",
@@ -60,3 +60,21 @@ def test_statement_lines(language, line):
 
 def test_blank_and_punctuation():
     assert not declares("") and not declares("   ") and not declares("}") and not declares("});")
+
+
+IMPORTS = ["from typing import List", "import os.path", "import java.util.*;", "package org.jsoup.nodes;",
+           "#include<stdio.h>", "using namespace std;", "#ifdef _WIN32", "const fs = require('fs');",
+           "import x from 'y';", "import (", "use std::{slice::Iter, cmp::{max, self}, mem::replace};",
+           "extern crate regex;", "#include <vector>", "var express = require('../')", "package main",
+           "import \"fmt\"", "use std::fmt;"]
+
+
+@pytest.mark.parametrize("line", IMPORTS)
+def test_import_lines(line):
+    assert imports(line) and imports("  " + line) and declares(line), line
+
+
+@pytest.mark.parametrize("line", [ln for lines in DECLARES.values() for ln in lines if ln not in IMPORTS]
+                         + [ln for lines in STATEMENTS.values() for ln in lines])
+def test_headers_and_statements_do_not_import(line):
+    assert not imports(line), line

@@ -1,0 +1,115 @@
+"""Is a line's last-token state the right vector? Line-end vs mean-pooled states, on transfer.
+
+PtTrust (and ptbot) take the probed layer's state at each line's *last* token: at an early layer
+that state has read the whole prefix, but it is dominated by the last token itself (often ``)``,
+``;`` or ``{``, the same in every language). The mean of the states of every token that starts on
+the line is the usual alternative (sentence embeddings): it carries what the line says, not how it
+ends. This study compares, for the raw-state probe (the same ranker the product trains over SAE
+latents; the SAE is pretrained on line-end states, so it is left out of this first check):
+
+- ``end``: the line-end state (what ships),
+- ``mean``: the mean over the line's tokens,
+- ``end+mean``: both, concatenated,
+
+each with the shipped feature recipe (states centred per file, relative shape and position
+columns), trained on the Python fit records (``--fit``), scored on the Python dev split and on the
+transfer-validation sets (``--select``, mined real fixes; never evaluation data), with the length
+prior added at 6 as ``ptbot`` scores. One forward pass per text gives all three (no state cache:
+the pooled vectors are not what ``StateCache`` stores).
+
+    python benchmarks/pooling_study.py --fit split/fit_nodb.jsonl --dev split/dev.jsonl \\
+        --select xval/*.jsonl --seeds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from analyzer.evaluate import EvalConfig, Reading, _ranker_method, open_model
+from analyzer.features import SnippetLines, ranker_inputs
+from analyzer.lines import map_lines
+from analyzer.records import load_records
+from analyzer.supervisor import SupervisorConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from select_variants import _metrics, _with_length_offset  # noqa: E402
+
+
+def read_pooled(loaded, records, desc: str, chunk: int = 32) -> dict[str, list[Reading]]:
+    """Readings of ``records`` three times over, sharing lines and labels: states = line end,
+    mean over the line's tokens, and both concatenated ((n_lines, d), (n_lines, d), (n_lines, 2d))."""
+    sup, cfg = loaded.sup, loaded.features
+    out: dict[str, list[Reading]] = {"end": [], "mean": [], "end+mean": []}
+    for c in tqdm(range(0, len(records), chunk), desc=desc, unit="batch", leave=False):
+        part = records[c:c + chunk]
+        enc = []
+        for r in part:
+            prefix = cfg.prefix_for(r.language)
+            e = sup.encode(prefix + r.code)
+            enc.append((e, map_lines(r.code, e.offsets, base=len(prefix))))
+        states = sup.states([e.ids for e, _ in enc])
+        for rec, (_, spans), h in zip(part, enc, states):  # h: (T, d)
+            if not spans:
+                continue
+            end = h[torch.tensor([s.end_token for s in spans])]                       # (L, d)
+            mean = torch.stack([h[min(s.first_token, s.end_token):s.end_token + 1].mean(0) for s in spans])
+            bad = set(rec.buggy_lines)
+            labels = np.array([int(s.line in bad) for s in spans])
+            tokens = np.array([s.n_tokens for s in spans])
+            for name, x in (("end", end), ("mean", mean), ("end+mean", torch.cat([end, mean], 1))):
+                out[name].append(Reading(rec, SnippetLines(spans, x), labels, tokens))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--fit", type=Path, required=True)
+    ap.add_argument("--dev", type=Path, required=True)
+    ap.add_argument("--select", nargs="+", type=Path, required=True)
+    ap.add_argument("--model", type=Path, default=Path("analyzer/default_model"))
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--prior", type=float, default=6.0)
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    cache_root = Path(os.environ.get("PTBOT_CACHE_DIR", "~/.cache/ptbot")).expanduser()
+    loaded = open_model(args.model, SupervisorConfig(device="cpu", cache_dir=cache_root))
+    fit = read_pooled(loaded, load_records([args.fit]), "fit")
+    sets = {"dev": read_pooled(loaded, load_records([args.dev]), "dev")}
+    for t in args.select:
+        sets["val:" + t.stem] = read_pooled(loaded, load_records([t]), t.stem)
+    ranker_cfg = {**{k: v for k, v in loaded.manifest["ranker"].items() if k not in ("d_in", "seed")},
+                  "length_prior": 0.0}
+    names = list(sets)
+    print("| pooling | scoring | " + " | ".join(f"{n} Top-1" for n in names) + " | val mean |")
+    print("|---|---|" + "---|" * (len(names) + 1))
+    for pool in ("end", "mean", "end+mean"):
+        def feats(r: Reading) -> torch.Tensor:
+            return ranker_inputs(r.snippet.states, r.snippet.lines, loaded.features)
+
+        tests = {n: s[pool] for n, s in sets.items()}
+        alone, prior = [], []  # per seed: {set: Top-1}
+        for seed in range(args.seeds):
+            run = _ranker_method(pool, seed * 100 + 1, fit[pool], tests, feats, ranker_cfg,
+                                 EvalConfig(methods=("probe",)), calibrate_on="dev")
+            alone.append({n: _metrics(p)["top1"] for n, p in run.predictions.items()})
+            prior.append({n: _metrics(_with_length_offset(p, args.prior))["top1"]
+                          for n, p in run.predictions.items()})
+            print(f"{pool} seed {seed}: dev {prior[-1]['dev']:.3f}", file=sys.stderr)
+        val = [n for n in names if n.startswith("val:")]
+        for label, per_seed in (("alone", alone), (f"+prior {args.prior:g}", prior)):
+            means = [statistics.mean(s[n] for n in val) for s in per_seed]
+            cells = [f"{statistics.mean(s[n] for s in per_seed):.3f}" for n in names]
+            print(f"| {pool} | {label} | " + " | ".join(cells) +
+                  f" | {statistics.mean(means):.3f} ± {statistics.pstdev(means):.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
