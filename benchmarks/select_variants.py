@@ -30,9 +30,10 @@ made fit/dev in the first place (it would put every fit record on the training s
 Length prior (``RankerConfig.length_prior``): ``sae^p6`` is variant ``sae`` scored with the prior
 at weight 6 (what ``ptbot bind`` ships), ``sae^t6`` the same prior also inside the training loss;
 ``--blend 2,6`` reports every variant with the prior added after training at each weight
-(``+off6`` equals ``^p6``, from the same trained ranker; ``+offd6`` / ``+offi6`` leave
-declaration / import lines out of the prior) and with a rank-free blend of
-within-snippet z-scores (``+len6``), without training again.
+(``+off6`` equals ``^p6``, from the same trained ranker; ``+offd6`` / ``+offi6`` / ``+offc6``
+leave declaration / import / comment lines out of the prior, ``+off6+clast`` ranks comment lines
+below every code line) and with a rank-free blend of within-snippet z-scores (``+len6``), without
+training again.
 
 ``sae&raw``: the mean logit of a ranker on each feature set (same seed), a mixed ensemble.
 
@@ -52,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from dataclasses import replace
@@ -133,6 +135,27 @@ def _with_exempt_offset(preds: list[SnippetPrediction], readings, weight: float,
         term = length_prior_term(torch.as_tensor(p.tokens)).double().numpy()
         keep = np.array([not exempt(s.text) for s in r.snippet.lines], dtype=np.float64)
         out.append(replace(p, scores=p.scores + weight * term * keep, probabilities=None))
+    return out
+
+
+_COMMENT_LINE = re.compile(r"""^\s*(?:\#(?!\s*(?:include|import|define|undef|ifn?def|if|elif|else|endif|pragma)\b)(?!!?\[)
+                             | // | /\* | \*(?:\s|/|$) | \"\"\" | \'\'\')""", re.VERBOSE)
+
+
+def comment_line(text: str) -> bool:
+    """A line comment, a block-comment line or a one-line docstring (``#include`` is not one)."""
+    return bool(_COMMENT_LINE.match(text))
+
+
+def _with_comments_last(preds: list[SnippetPrediction], readings) -> list[SnippetPrediction]:
+    """Comment lines ranked below every code line of their file (order among them kept)."""
+    out = []
+    for p, r in zip(preds, readings):
+        low = np.array([comment_line(s.text) for s in r.snippet.lines])
+        scores = p.scores.copy()
+        if low.any() and not low.all():
+            scores[low] += scores[~low].min() - scores[low].max() - 1.0
+        out.append(replace(p, scores=scores, probabilities=None))
     return out
 
 
@@ -366,9 +389,12 @@ def main() -> None:
                     {ds: _metrics(_with_zscore_blend(p, w)) for ds, p in preds.items()})
                 results.setdefault(f"{variant}+off{w:g}", []).append(
                     {ds: _metrics(_with_length_offset(p, w)) for ds, p in preds.items()})
-                for tag, exempt in (("d", declares), ("i", imports)):
+                for tag, exempt in (("d", declares), ("i", imports), ("c", comment_line)):
                     results.setdefault(f"{variant}+off{tag}{w:g}", []).append(
                         {ds: _metrics(_with_exempt_offset(p, v_sets[ds], w, exempt)) for ds, p in preds.items()})
+                results.setdefault(f"{variant}+off{w:g}+clast", []).append(
+                    {ds: _metrics(_with_comments_last(_with_length_offset(p, w), v_sets[ds]))
+                     for ds, p in preds.items()})
             print(f"{variant} seed {seed}: dev top1 {res['dev']['top1']:.3f}", file=sys.stderr)
     names = list(sets)
     val = [n for n in names if n.startswith("val:")]
