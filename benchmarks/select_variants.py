@@ -138,8 +138,10 @@ def _with_exempt_offset(preds: list[SnippetPrediction], readings, weight: float,
     return out
 
 
-_COMMENT_LINE = re.compile(r"""^\s*(?:\#(?!\s*(?:include|import|define|undef|ifn?def|if|elif|else|endif|pragma)\b)(?!!?\[)
-                             | // | /\* | \*(?:\s|/|$) | \"\"\" | \'\'\')""", re.VERBOSE)
+# Comment lines: "#" unless a preprocessor line or a Rust attribute, "//", "/*", " * ", docstring quotes.
+_COMMENT_LINE = re.compile(r"""^\s*(?:
+        \#(?!\s*(?:include|import|define|undef|ifn?def|if|elif|else|endif|pragma)\b)(?!!?\[)
+      | // | /\* | \*(?:\s|/|$) | \"\"\" | \'\'\')""", re.VERBOSE)
 
 
 def comment_line(text: str) -> bool:
