@@ -1,4 +1,5 @@
-"""Languages ptbot knows: file extension -> language name, and which lines are worth a score.
+"""Languages ptbot knows: file extension -> language name, which lines are worth a score, and
+which are comments.
 
 Standard library only (miners and bot use it too).
 """
@@ -37,3 +38,17 @@ def language_for_path(path: str) -> str | None:
 def is_scorable(line: str) -> bool:
     """True unless the line is blank or punctuation-only (``}``, ``});``, ``)``, ``]``...)."""
     return not _PUNCT_ONLY.match(line)
+
+
+# A whole-line comment in the languages ptbot knows: "#" (but not a C preprocessor line or a Rust
+# attribute, which are code), "//", a block comment's first, middle (" * ") or last line, an HTML
+# comment, "-- " (SQL, Lua, Haskell). "*p = 0;" and "*args," are code: a middle line needs the
+# star to be followed by a space, "/" or the end of the line.
+_COMMENT_LINE = re.compile(r"""^\s*(?:
+        \#(?!\s*(?:include|import|define|undef|ifn?def|if|elif|else|endif|pragma|error|line)\b)(?!!?\[)
+      | // | /\* | \*(?:\s|/|$) | <!-- | --\s)""", re.VERBOSE)
+
+
+def is_comment_line(line: str) -> bool:
+    """True if the whole line is a comment (language-agnostic, lexical: see ``_COMMENT_LINE``)."""
+    return bool(_COMMENT_LINE.match(line))

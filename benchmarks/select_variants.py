@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 from dataclasses import replace
@@ -67,6 +66,7 @@ from analyzer.evaluate import (EvalConfig, _ranker_logits, _ranker_method, _sae_
                                read_records)
 from analyzer.declarations import declares, imports
 from analyzer.features import StateCache, declaration_column, ranker_inputs
+from analyzer.languages import is_comment_line
 from analyzer.metrics import SnippetPrediction, line_auroc, topk_hit_rate
 from analyzer.ranker import RankerConfig, Slate, length_prior_term, train_ranker
 from analyzer.records import in_dev, load_records, problem_key
@@ -138,15 +138,9 @@ def _with_exempt_offset(preds: list[SnippetPrediction], readings, weight: float,
     return out
 
 
-# Comment lines: "#" unless a preprocessor line or a Rust attribute, "//", "/*", " * ", docstring quotes.
-_COMMENT_LINE = re.compile(r"""^\s*(?:
-        \#(?!\s*(?:include|import|define|undef|ifn?def|if|elif|else|endif|pragma)\b)(?!!?\[)
-      | // | /\* | \*(?:\s|/|$) | \"\"\" | \'\'\')""", re.VERBOSE)
-
-
 def comment_line(text: str) -> bool:
-    """A line comment, a block-comment line or a one-line docstring (``#include`` is not one)."""
-    return bool(_COMMENT_LINE.match(text))
+    """A whole-line comment (``languages.is_comment_line``) or a docstring's first line."""
+    return is_comment_line(text) or text.lstrip().startswith(('"""', "'''"))
 
 
 def _with_comments_last(preds: list[SnippetPrediction], readings) -> list[SnippetPrediction]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from analyzer.features import FeatureConfig
-from analyzer.languages import is_scorable
+from analyzer.languages import is_comment_line, is_scorable
 from analyzer.lines import LineSpan, line_starts, map_lines
 
 GOLDEN = Path(__file__).parent / "golden" / "lines"
@@ -255,3 +255,22 @@ def test_newline_swallowed_by_previous_line_token():
 def test_empty_text_and_no_tokens():
     assert map_lines("", []) == []
     assert map_lines("x = 1\n", []) == []
+
+
+COMMENT_LINES = ["# a note", "    // TODO", "/* block", " * middle of a block", " */", "*/", "<!-- html -->",
+                 "-- sql comment", "#!/usr/bin/env python", "#"]
+CODE_LINES = ["#include <vector>", "# include <stdio.h>", "#define MAX 3", "#ifdef _WIN32", "#endif",
+              "#pragma once", "#[derive(Debug)]", "#![allow(dead_code)]", "*p = 0;", "    *args,", "**kwargs)",
+              "x = 1  # trailing comment", "int a = b / c;", "return a-- > 0;", '"""A docstring."""']
+
+
+@pytest.mark.parametrize("line", COMMENT_LINES)
+def test_comment_lines(line):
+    assert is_comment_line(line)
+
+
+@pytest.mark.parametrize("line", CODE_LINES)
+def test_code_lines_are_not_comments(line):
+    """Preprocessor lines, Rust attributes and pointer or unpacking stars are code; so is a
+    docstring (a string literal, to the compiler)."""
+    assert not is_comment_line(line)

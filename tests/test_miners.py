@@ -228,6 +228,12 @@ def test_hunk_change_kinds():
     assert hunk_change(_hunk(["x = 1  # a"], ["x = 1  # b"])) == "comment"
     assert hunk_change(_hunk(["// old"], ["// new"])) == "comment"
     assert hunk_change(_hunk(["x = 1"], ["x = 2"])) == "code"
+    assert hunk_change(_hunk([" * old doc"], [" * new doc"])) == "comment"
+    # Lines that start like comments but are code: a fix there is a fix, not a comment edit.
+    assert hunk_change(_hunk(["#include <map>"], ["#include <unordered_map>"])) == "code"
+    assert hunk_change(_hunk(["#define LIMIT 10"], ["#define LIMIT 100"])) == "code"
+    assert hunk_change(_hunk(["*p = 0;"], ["*p = 1;"])) == "code"
+    assert hunk_change(_hunk(["#[derive(Debug)]"], ["#[derive(Debug, Clone)]"])) == "code"
 
 
 def test_code_hunks_reasons():
