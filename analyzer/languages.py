@@ -43,9 +43,11 @@ def is_scorable(line: str) -> bool:
 # A whole-line comment in the languages ptbot knows: "#" (but not a C preprocessor line or a Rust
 # attribute, which are code), "//", a block comment's first, middle (" * ") or last line, an HTML
 # comment, "-- " (SQL, Lua, Haskell). "*p = 0;" and "*args," are code: a middle line needs the
-# star to be followed by a space, "/" or the end of the line.
+# star to be followed by a space, "/" or the end of the line. A directive counts only written
+# against the "#" ("#include", "#if"): "# if the list is empty" is a Python comment, and an
+# indented directive ("#  define X") is rare enough to read as a comment.
 _COMMENT_LINE = re.compile(r"""^\s*(?:
-        \#(?!\s*(?:include|import|define|undef|ifn?def|if|elif|else|endif|pragma|error|line)\b)(?!!?\[)
+        \#(?!(?:include|import|define|undef|ifn?def|if|elif|else|endif|pragma|error|line)\b)(?!!?\[)
       | // | /\* | \*(?:\s|/|$) | <!-- | --\s)""", re.VERBOSE)
 
 

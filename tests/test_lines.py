@@ -258,8 +258,9 @@ def test_empty_text_and_no_tokens():
 
 
 COMMENT_LINES = ["# a note", "    // TODO", "/* block", " * middle of a block", " */", "*/", "<!-- html -->",
-                 "-- sql comment", "#!/usr/bin/env python", "#"]
-CODE_LINES = ["#include <vector>", "# include <stdio.h>", "#define MAX 3", "#ifdef _WIN32", "#endif",
+                 "-- sql comment", "#!/usr/bin/env python", "#", "# if the list is empty, stop",
+                 "    # import this lazily", "# else branch", "# define the limits"]
+CODE_LINES = ["#include <vector>", "#define MAX 3", "#ifdef _WIN32", "#endif",
               "#pragma once", "#[derive(Debug)]", "#![allow(dead_code)]", "*p = 0;", "    *args,", "**kwargs)",
               "x = 1  # trailing comment", "int a = b / c;", "return a-- > 0;", '"""A docstring."""']
 
