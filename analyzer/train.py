@@ -316,6 +316,9 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     if unknown:
         raise ValueError(f"no records of source(s) {', '.join(sorted(unknown))}; these records come from "
                          f"{', '.join(sorted({r.source for r in records}))}")
+    if keep_ranker:  # checked before the supervisor reads any code: a mismatch fails at once
+        cfg, ranker, best_epoch = _bound_ranker(model_dir, manifest, ranker_cfg, len(train_recs), len(dev_recs),
+                                                dev_fraction, seed, sources)
     train = make_slates(sup, sae, train_recs, features, progress, "reading code (train)", cache)
     dev = make_slates(sup, sae, dev_recs, features, progress, "reading code (dev)", cache)
     rank_train, unseen = by_source(train, sources)
@@ -323,10 +326,7 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     if not rank_train or not rank_dev:
         raise ValueError(f"the sources {sources} leave the ranker {len(rank_train)} train / {len(rank_dev)} dev "
                          "records; name more sources or pass more data")
-    if keep_ranker:
-        cfg, ranker, best_epoch = _bound_ranker(model_dir, manifest, ranker_cfg, len(train_recs), len(dev_recs),
-                                                dev_fraction, seed, sources)
-    else:
+    if not keep_ranker:
         cfg = RankerConfig(**{"d_in": train[0].features.shape[1], "seed": seed, **(ranker_cfg or {})})
         ranker, history = train_ranker(cfg, rank_train, rank_dev, progress=progress)
         best_epoch = history.get("best_epoch") if isinstance(history, dict) else None

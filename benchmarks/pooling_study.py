@@ -90,10 +90,10 @@ def main() -> None:
     names = list(sets)
     print("| pooling | scoring | " + " | ".join(f"{n} Top-1" for n in names) + " | val mean |")
     print("|---|---|" + "---|" * (len(names) + 1))
-    for pool in ("end", "mean", "end+mean"):
-        def feats(r: Reading) -> torch.Tensor:
-            return ranker_inputs(r.snippet.states, r.snippet.lines, loaded.features)
+    def feats(r: Reading) -> torch.Tensor:  # the shipped feature recipe over whichever vectors r holds
+        return ranker_inputs(r.snippet.states, r.snippet.lines, loaded.features)
 
+    for pool in ("end", "mean", "end+mean"):
         tests = {n: s[pool] for n, s in sets.items()}
         alone, prior = [], []  # per seed: {set: Top-1}
         for seed in range(args.seeds):
