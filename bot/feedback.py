@@ -171,22 +171,12 @@ class FeedbackAPI(Protocol):
     """What harvesting needs from one PR on GitHub (``GitHubFeedbackAPI``)."""
 
     def review_comments(self) -> tuple[list[dict[str, Any]], bool]:
-        return self._get_pages(f"/repos/{self.pr.full_name}/pulls/{self.pr.number}/comments")
+        """All review comments of the PR, and whether anything changed since the last call."""
+        ...
 
     def comment_reactions(self, comment_id: int) -> tuple[list[dict[str, Any]], bool]:
-        return self._get_pages(f"/repos/{self.pr.full_name}/pulls/comments/{comment_id}/reactions")
-
-    def _get_pages(self, path: str) -> tuple[list[dict[str, Any]], bool]:
-        """Every page of a list endpoint (100 per page); True when any page changed (no 304)."""
-        out: list[dict[str, Any]] = []
-        any_changed, page = False, 1
-        while True:
-            batch, changed = self._get(f"{path}?per_page=100&page={page}")
-            out.extend(batch)
-            any_changed |= changed
-            if len(batch) < 100:
-                return out, any_changed
-            page += 1
+        """Reactions on one review comment, and whether they changed since the last call."""
+        ...
 
     def permission(self, login: str) -> str | None:
         """The user's permission on the repository (admin, write, read, none), None if unknown."""
@@ -230,23 +220,17 @@ class GitHubFeedbackAPI:
         self._pending.clear()
 
     def review_comments(self) -> tuple[list[dict[str, Any]], bool]:
-        out: list[dict[str, Any]] = []
-        any_changed, page = False, 1
-        while True:
-            batch, changed = self._get(f"/repos/{self.pr.full_name}/pulls/{self.pr.number}/comments"
-                                       f"?per_page=100&page={page}")
-            out.extend(batch)
-            any_changed |= changed
-            if len(batch) < 100:
-                return out, any_changed
-            page += 1
+        return self._get_pages(f"/repos/{self.pr.full_name}/pulls/{self.pr.number}/comments")
 
     def comment_reactions(self, comment_id: int) -> tuple[list[dict[str, Any]], bool]:
+        return self._get_pages(f"/repos/{self.pr.full_name}/pulls/comments/{comment_id}/reactions")
+
+    def _get_pages(self, path: str) -> tuple[list[dict[str, Any]], bool]:
+        """Every page of a list endpoint (100 per page); True when any page changed (no 304)."""
         out: list[dict[str, Any]] = []
         any_changed, page = False, 1
         while True:
-            batch, changed = self._get(f"/repos/{self.pr.full_name}/pulls/comments/{comment_id}"
-                                       f"/reactions?per_page=100&page={page}")
+            batch, changed = self._get(f"{path}?per_page=100&page={page}")
             out.extend(batch)
             any_changed |= changed
             if len(batch) < 100:
