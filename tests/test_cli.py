@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from analyzer.artifact import default_model_dir, read_manifest, write_manifest
 from bot.cli import cli
 from conftest import TINY_CODE, tiny_records
+from gitrepo import commit, git, write
 
 PY_V1 = '''def mean(xs):
     total = 0
@@ -66,25 +67,6 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ptbot_cache_di
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("PTBOT_CACHE_DIR", str(ptbot_cache_dir))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def git(root: Path, *args: str) -> str:
-    p = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root,
-                       capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
-    return p.stdout.strip()
-
-
-def write(root: Path, path: str, content: str | bytes) -> None:
-    p = root / path
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(content.encode() if isinstance(content, str) else content)
-
-
-def commit(root: Path, msg: str = "c") -> str:
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", msg)
-    return git(root, "rev-parse", "HEAD")
 
 
 def make_repo(root: Path) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from analyzer.diff import parse_diff
 from analyzer.types import FileDiff
 from bot.localrepo import LocalRepo, RepoDiff, RepoError
+from gitrepo import commit, git, write
 
 
 @pytest.fixture(autouse=True)
@@ -22,24 +22,6 @@ def isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("GIT_DIR", raising=False)
     monkeypatch.delenv("GIT_WORK_TREE", raising=False)
-
-
-def git(root: Path, *args: str) -> str:
-    p = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
-    return p.stdout.strip()
-
-
-def write(root: Path, path: str, content: str | bytes) -> None:
-    p = root / path
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(content.encode() if isinstance(content, str) else content)
-
-
-def commit(root: Path, msg: str = "c") -> str:
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", msg)
-    return git(root, "rev-parse", "HEAD")
 
 
 @pytest.fixture
