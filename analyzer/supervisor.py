@@ -280,8 +280,14 @@ class Supervisor:
 
     # ---------------------------------------------------------------- tokenize
     def encode(self, text: str) -> Encoded:
-        """Tokenize without special tokens, keeping character offsets."""
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        """Tokenize without special tokens, keeping character offsets.
+
+        Text that spells a special token (``<|endoftext|>`` in a tokenizer test, ``<|im_start|>``
+        in a prompt template) is read as the characters it is: code under review is data, and
+        the special token would make the model read a document boundary in the middle of a file.
+        """
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                             split_special_tokens=True)
         return Encoded(list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]])
 
     # ----------------------------------------------------------------- forward

@@ -134,6 +134,17 @@ def test_windows_and_token_batches_cover_everything():
         assert max(lengths[j] for j in b) * len(b) <= 64
 
 
+def test_code_that_spells_a_special_token_is_read_as_text(tiny_model_dir, tmp_path):
+    sup = tiny(tiny_model_dir, tmp_path)
+    code = 'EOS = "<|endoftext|>"\nx = EOS\n'
+    enc = sup.encode(code)
+    special = set(sup.tokenizer.all_special_ids)
+    assert special and not special & set(enc.ids)
+    assert sup.tokenizer.decode(enc.ids) == code
+    # offsets still cover the text, so the line map is unchanged
+    assert "".join(code[s:e] for s, e in enc.offsets) == code
+
+
 def test_empty_and_one_token_sequences(tiny_model_dir, tmp_path):
     sup = tiny(tiny_model_dir, tmp_path)
     ids = sup.encode("x = 1\n").ids
