@@ -37,6 +37,25 @@ class LineSpan:
     """The line's text without its newline."""
 
 
+def source_lines(text: str) -> list[str]:
+    """The lines of a file as git and GitHub number them, without their line endings.
+
+    Split on LF only: ``str.splitlines`` would also split on form feeds, U+2028 and other
+    characters that are ordinary text inside a line to git, and every later line number would be
+    off. The CR of a CRLF ending is dropped; a final newline does not start another line.
+    """
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def as_lf(text: str) -> str:
+    """``text`` with CRLF line endings read as LF: the supervisor reads a Windows-saved file as the
+    same code, not as lines that all end in an unseen ``\r`` token. Line numbers are unchanged."""
+    return text.replace("\r\n", "\n")
+
+
 def line_starts(text: str) -> list[int]:
     """Character index where each line starts (line i+1 starts at result[i])."""
     starts = [0]
@@ -54,9 +73,7 @@ def map_lines(text: str, offsets: list[tuple[int, int]], base: int = 0) -> list[
     (the prefix) or are empty (special tokens) belong to no line.
     """
     starts = line_starts(text)
-    lines = text.split("\n")
-    if text.endswith("\n"):
-        lines.pop()
+    lines = source_lines(text)
     # newline position (relative to text) of each line, or None for an unterminated last line
     newline_at = [starts[i + 1] - 1 if i + 1 < len(starts) else
                   (len(text) - 1 if text.endswith("\n") else None) for i in range(len(starts))]

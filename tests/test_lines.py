@@ -20,7 +20,7 @@ import pytest
 
 from analyzer.features import FeatureConfig
 from analyzer.languages import is_comment_line, is_scorable
-from analyzer.lines import LineSpan, line_starts, map_lines
+from analyzer.lines import LineSpan, as_lf, line_starts, map_lines, source_lines
 
 GOLDEN = Path(__file__).parent / "golden" / "lines"
 UPDATE = os.environ.get("PTBOT_UPDATE_GOLDEN") == "1"
@@ -255,6 +255,28 @@ def test_newline_swallowed_by_previous_line_token():
 def test_empty_text_and_no_tokens():
     assert map_lines("", []) == []
     assert map_lines("x = 1\n", []) == []
+
+
+@pytest.mark.parametrize("text, lines", [
+    ("a\nb\n", ["a", "b"]),
+    ("a\nb", ["a", "b"]),
+    ("a\r\nb\r\n", ["a", "b"]),                 # CRLF: the CR is part of the ending
+    ("a\n\n", ["a", ""]),
+    ("", []),
+    ("\n", [""]),
+    ("x = 1  # \x0c page\nz\n", ["x = 1  # \x0c page", "z"]),  # form feed: text, not a line break
+    ("s = 'a\u2028b'\nz\n", ["s = 'a\u2028b'", "z"]),      # U+2028 inside a string literal
+    ("a\rb\n", ["a\rb"]),                        # a lone CR is text to git
+])
+def test_source_lines_number_lines_as_git_does(text, lines):
+    assert source_lines(text) == lines
+    assert as_lf(text).count("\n") == text.count("\n")  # line numbers never move
+
+
+def test_map_lines_on_a_crlf_text_gives_lf_line_texts():
+    pieces = ["a", " =", " 1", "\r\n", "b", " =", " 2", "\r\n"]
+    spans = map_lines("".join(pieces), _offsets(pieces))
+    assert [(s.line, s.text, s.end_token) for s in spans] == [(1, "a = 1", 3), (2, "b = 2", 7)]
 
 
 COMMENT_LINES = ["# a note", "    // TODO", "/* block", " * middle of a block", " */", "*/", "<!-- html -->",
