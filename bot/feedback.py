@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from analyzer.languages import language_for_path
+from analyzer.lines import source_lines
 from analyzer.types import Record
 from bot.render import parse_marker
 from bot.store import EventIn, LabelEventRow, LabelStore, PullRequestRow, ScoredLineIn, ScoredLineRow
@@ -603,7 +604,7 @@ def export_records(store: LabelStore, repo: str | None = None) -> tuple[list[Rec
         if fixed is None:
             summary.skipped["file_never_changed"] += 1
             continue
-        n_lines = len(code.splitlines())
+        n_lines = len(source_lines(code))
         pos = [n for n in pos if 1 <= n <= n_lines]
         records.append(Record(
             id=f"ptbot-feedback/{r}#{number}/{path}@{head[:12]}", source="ptbot-feedback",

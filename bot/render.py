@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from analyzer.lines import source_lines
 from analyzer.types import LineScore, ModelInfo, Report, Skipped
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def fingerprint(path: str, text: str, occurrence: int = 0) -> str:
 
 def occurrence_index(file_text: str, line: int) -> int:
     """How many lines before 1-based ``line`` of ``file_text`` normalise to the same text."""
-    lines = file_text.splitlines()
+    lines = source_lines(file_text)
     if not 1 <= line <= len(lines):
         raise ValueError(f"line {line} is outside the file ({len(lines)} lines)")
     target = normalise_line(lines[line - 1])
@@ -97,7 +98,7 @@ def line_fingerprints(
     out: dict[tuple[str, int], str] = {}
     for ln in lines:
         text = files.get(ln.path) if files else None
-        if text is not None and 1 <= ln.line <= len(text.splitlines()):
+        if text is not None and 1 <= ln.line <= len(source_lines(text)):
             occ = occurrence_index(text, ln.line)
         else:
             key = (ln.path, normalise_line(ln.text))
@@ -301,7 +302,7 @@ class Renderer:
                 rows = [(n, scores[n].text, scores.get(n), n in marked) for n in sorted(scores)]
             else:
                 rows = [(i, t, scores.get(i), i in marked)
-                        for i, t in enumerate(text.splitlines(), start=1)]
+                        for i, t in enumerate(source_lines(text), start=1)]
             views.append({"path": path, "id": ids[path], "rows": rows, "full": text is not None})
         return self.render("report.html.j2", report=report, ranked=ranked, files=views, ids=ids)
 

@@ -78,6 +78,15 @@ def test_occurrence_index_counts_earlier_equal_lines_and_rejects_bad_lines():
     assert normalise_line("\t a   b ") == "a b"
 
 
+def test_occurrence_index_numbers_lines_as_git_does():
+    # A form feed is text inside a line to git (and to the diff's line numbers): str.splitlines
+    # would split there and shift every later line.
+    text = "x = 1\n# \x0c section\nx = 1\r\n"
+    assert [occurrence_index(text, n) for n in (1, 2, 3)] == [0, 0, 1]
+    with pytest.raises(ValueError, match="outside the file"):
+        occurrence_index(text, 4)
+
+
 def test_marker_round_trips_and_the_last_marker_wins():
     m = marker(fp="0123abcd", model="smollm2 135m@0.1", sha=None)
     assert m == "<!-- ptbot:fp=0123abcd model=smollm2_135m@0.1 -->"
