@@ -35,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from analyzer.features import FeatureConfig, StateCache
-from analyzer.lines import LineSpan, as_lf, map_lines
+from analyzer.lines import LineSpan, as_read, map_lines
 from analyzer.supervisor import Supervisor
 from analyzer.types import Record
 
@@ -155,7 +155,7 @@ def read_full(sup: Supervisor, records: Sequence[Record], features: FeatureConfi
     for rec in tqdm(records, desc="reading code (full model)", unit="file", disable=not progress, leave=False):
         context = context_for(rec, context_keys)
         prefix = context + features.prefix_for(rec.language)
-        code = as_lf(rec.code)
+        code = as_read(rec.code)
         enc = sup.encode(prefix + code)
         lines = map_lines(code, enc.offsets, base=len(prefix))
         key = prefix + code

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from analyzer.declarations import declares
-from analyzer.lines import LineSpan, as_lf, map_lines
+from analyzer.lines import LineSpan, as_read, map_lines
 from analyzer.supervisor import Supervisor
 
 
@@ -120,7 +120,7 @@ def extract(sup: Supervisor, texts: Sequence[str], languages: Sequence[str | Non
     """Line states for many texts: one batched truncated forward pass per ``chunk`` texts."""
     encoded = []
     for text, lang in zip(texts, languages):
-        text = as_lf(text)
+        text = as_read(text)
         prefix = cfg.prefix_for(lang)
         enc = sup.encode(prefix + text)
         encoded.append((prefix + text, enc, map_lines(text, enc.offsets, base=len(prefix))))

@@ -50,10 +50,11 @@ def source_lines(text: str) -> list[str]:
     return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
-def as_lf(text: str) -> str:
-    """``text`` with CRLF line endings read as LF: the supervisor reads a Windows-saved file as the
-    same code, not as lines that all end in an unseen ``\r`` token. Line numbers are unchanged."""
-    return text.replace("\r\n", "\n")
+def as_read(text: str) -> str:
+    """``text`` as the supervisor reads it: CRLF endings as LF and no leading byte-order mark, so
+    a Windows-saved file is the same code, not lines that all end in an unseen ``\r`` token.
+    Line numbers are unchanged."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n")
 
 
 def line_starts(text: str) -> list[int]:

@@ -63,12 +63,13 @@ def _shard_tensors(out):
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
-def test_a_crlf_file_is_read_as_the_same_code(sup):
+def test_a_crlf_or_bom_file_is_read_as_the_same_code(sup):
     lf = "def f(x):\n    y = x + 1\n    return y\n"
     crlf = lf.replace("\n", "\r\n")
-    a, b = extract(sup, [lf, crlf], ["python", "python"], FeatureConfig())
-    assert [(s.line, s.text) for s in b.lines] == [(s.line, s.text) for s in a.lines]
-    torch.testing.assert_close(b.states, a.states)
+    a, b, c = extract(sup, [lf, crlf, "\ufeff" + crlf], ["python"] * 3, FeatureConfig())
+    for other in (b, c):  # CRLF endings, and CRLF after a UTF-8 byte-order mark
+        assert [(s.line, s.text) for s in other.lines] == [(s.line, s.text) for s in a.lines]
+        torch.testing.assert_close(other.states, a.states)
 
 
 def test_shards_hold_the_states_extract_computes(sup, records, tmp_path):

@@ -20,7 +20,7 @@ import pytest
 
 from analyzer.features import FeatureConfig
 from analyzer.languages import is_comment_line, is_scorable
-from analyzer.lines import LineSpan, as_lf, line_starts, map_lines, source_lines
+from analyzer.lines import LineSpan, as_read, line_starts, map_lines, source_lines
 
 GOLDEN = Path(__file__).parent / "golden" / "lines"
 UPDATE = os.environ.get("PTBOT_UPDATE_GOLDEN") == "1"
@@ -270,7 +270,8 @@ def test_empty_text_and_no_tokens():
 ])
 def test_source_lines_number_lines_as_git_does(text, lines):
     assert source_lines(text) == lines
-    assert as_lf(text).count("\n") == text.count("\n")  # line numbers never move
+    assert as_read(text).count("\n") == text.count("\n")  # line numbers never move
+    assert as_read("\ufeff" + text) == as_read(text)
 
 
 def test_map_lines_on_a_crlf_text_gives_lf_line_texts():
