@@ -133,6 +133,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
     return out
 
 
+
+def app_on(fake: FakeGitHub, private_key: str, *, max_attempts: int, backoff_base: float):
+    """A ``GitHubApp`` for the test App on ``fake``: writes not spaced out, quick jitter-free retries."""
+    from bot.config import Settings
+    from bot.github import GitHubApp, RetryPolicy
+
+    settings = Settings(app_id=str(TEST_APP_ID), private_key=private_key, github_api_url=fake.base_url,
+                        seconds_between_writes=0.0)
+    return GitHubApp.from_settings(settings, retry=RetryPolicy(max_attempts=max_attempts, backoff_base=backoff_base,
+                                                               server_error_base=0.05, jitter=0.0))
+
 # ----- review pipeline: a deterministic scorer and pull requests on the fake GitHub ----------
 
 from collections.abc import Mapping, Sequence  # noqa: E402

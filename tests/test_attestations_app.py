@@ -7,11 +7,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import AI_TRAILER, TEST_APP_ID, TEST_INSTALLATION_ID, FakeScorer, put_pull_request
+from conftest import AI_TRAILER, TEST_INSTALLATION_ID, FakeScorer, put_pull_request, app_on
 from test_attestations import MODEL, TOOL, note, trace
 
 from bot.config import Settings
-from bot.github import GitHubApp, RetryPolicy
+from bot.github import GitHubApp
 from bot.pr_review import MemoryLedger, run_review
 from bot.render import Renderer
 
@@ -29,10 +29,7 @@ UTIL = ("def clamp(x, lo, hi):\n"
 
 @pytest.fixture
 def app(fake_github, app_private_key) -> GitHubApp:
-    settings = Settings(app_id=str(TEST_APP_ID), private_key=app_private_key,
-                        github_api_url=fake_github.base_url, seconds_between_writes=0.0)
-    return GitHubApp.from_settings(settings, retry=RetryPolicy(max_attempts=2, backoff_base=0.1,
-                                                               server_error_base=0.05, jitter=0.0))
+    return app_on(fake_github, app_private_key, max_attempts=2, backoff_base=0.1)
 
 
 def review(app, owner="octo", name="shop"):

@@ -11,7 +11,7 @@ import logging
 import uuid
 
 import pytest
-from conftest import AI_TRAILER, TEST_APP_ID, TEST_INSTALLATION_ID, FakeScorer, put_pull_request
+from conftest import AI_TRAILER, TEST_APP_ID, TEST_INSTALLATION_ID, FakeScorer, put_pull_request, app_on
 from fake_github import BOT_LOGIN
 from fake_graphql import add_reaction, add_review_comment
 
@@ -138,10 +138,7 @@ def test_graphql_url_for_github_and_enterprise():
 
 @pytest.fixture
 def app(fake_github, app_private_key) -> GitHubApp:
-    settings = Settings(app_id=str(TEST_APP_ID), private_key=app_private_key,
-                        github_api_url=fake_github.base_url, seconds_between_writes=0.0)
-    return GitHubApp.from_settings(settings, retry=RetryPolicy(max_attempts=3, backoff_base=0.05,
-                                                               server_error_base=0.05, jitter=0.0))
+    return app_on(fake_github, app_private_key, max_attempts=3, backoff_base=0.05)
 
 
 @pytest.fixture

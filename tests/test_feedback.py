@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import AI_TRAILER, TEST_APP_ID, TEST_INSTALLATION_ID, FakeScorer, put_pull_request
+from conftest import AI_TRAILER, TEST_APP_ID, TEST_INSTALLATION_ID, FakeScorer, put_pull_request, app_on
 
 from bot.config import Settings
 from bot.feedback import (
@@ -35,7 +35,7 @@ from bot.feedback import (
     unchanged_lines,
     write_export,
 )
-from bot.github import GitHubApp, RetryPolicy
+from bot.github import GitHubApp
 from bot.pr_review import RedisLedger, run_review
 from bot.render import Renderer, parse_marker
 from bot.store import LabelStore
@@ -60,10 +60,7 @@ FAST = FeedbackSettings(record_permission=True)
 
 @pytest.fixture
 def app(fake_github, app_private_key) -> GitHubApp:
-    settings = Settings(app_id=str(TEST_APP_ID), private_key=app_private_key,
-                        github_api_url=fake_github.base_url, seconds_between_writes=0.0)
-    return GitHubApp.from_settings(settings, retry=RetryPolicy(max_attempts=2, backoff_base=0.1,
-                                                               server_error_base=0.05, jitter=0.0))
+    return app_on(fake_github, app_private_key, max_attempts=2, backoff_base=0.1)
 
 
 @pytest.fixture

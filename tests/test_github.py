@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import TEST_APP_ID, TEST_INSTALLATION_ID
+from conftest import TEST_APP_ID, TEST_INSTALLATION_ID, app_on
 from fake_github import FakeCommit, FakeFile, FakeGitHub, FakePull, hunk_anchors, read_replay, REPLAY_DIR
 from github import GithubException
 
@@ -59,10 +59,7 @@ def pr(fake_github: FakeGitHub):
 
 @pytest.fixture
 def app(fake_github, app_private_key):
-    settings = Settings(app_id=str(TEST_APP_ID), private_key=app_private_key,
-                        github_api_url=fake_github.base_url, seconds_between_writes=0.0)
-    return GitHubApp.from_settings(settings, retry=RetryPolicy(max_attempts=4, backoff_base=0.2,
-                                                               server_error_base=0.05, jitter=0.0))
+    return app_on(fake_github, app_private_key, max_attempts=4, backoff_base=0.2)
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import uuid
 
 import pytest
 import redis
-from conftest import AI_TRAILER, TEST_APP_ID, TEST_INSTALLATION_ID, FakeScorer, put_pull_request
+from conftest import AI_TRAILER, TEST_INSTALLATION_ID, FakeScorer, put_pull_request, app_on
 from fake_github import FakeFile
 
 from bot.config import Settings
-from bot.github import GitHubApp, RetryPolicy
+from bot.github import GitHubApp
 from bot.pr_review import (
     JobKey,
     MemoryLedger,
@@ -50,10 +50,7 @@ def job(head: str = HEAD, number: int = 7, **extra) -> dict:
 
 @pytest.fixture
 def app(fake_github, app_private_key) -> GitHubApp:
-    settings = Settings(app_id=str(TEST_APP_ID), private_key=app_private_key,
-                        github_api_url=fake_github.base_url, seconds_between_writes=0.0)
-    return GitHubApp.from_settings(settings, retry=RetryPolicy(max_attempts=3, backoff_base=0.1,
-                                                               server_error_base=0.05, jitter=0.0))
+    return app_on(fake_github, app_private_key, max_attempts=3, backoff_base=0.1)
 
 
 @pytest.fixture
