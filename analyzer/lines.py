@@ -34,7 +34,7 @@ class LineSpan:
     n_tokens: int
     """Tokens that start on this line (for token-weighted metrics)."""
     text: str
-    """The line's text without its newline."""
+    """The line's text without its line ending (LF or CRLF)."""
 
 
 def source_lines(text: str) -> list[str]:
@@ -52,7 +52,7 @@ def source_lines(text: str) -> list[str]:
 
 def as_read(text: str) -> str:
     """``text`` as the supervisor reads it: CRLF endings as LF and no leading byte-order mark, so
-    a Windows-saved file is the same code, not lines that all end in an unseen ``\r`` token.
+    a Windows-saved file is the same code, not lines that all end in an unseen carriage return.
     Line numbers are unchanged."""
     return text.removeprefix("\ufeff").replace("\r\n", "\n")
 
