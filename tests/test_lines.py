@@ -122,7 +122,8 @@ def tokenizers(smollm2_supervisor, ptbot_cache_dir):
 def _case(tok, language: str) -> tuple[str, str, list[tuple[int, int]], list[LineSpan]]:
     text = SNIPPETS[language]
     prefix = FeatureConfig().prefix_for(language)  # exactly what analyzer.features feeds the model
-    enc = tok(prefix + text, add_special_tokens=False, return_offsets_mapping=True)
+    enc = tok(prefix + text, add_special_tokens=False, return_offsets_mapping=True,
+              split_special_tokens=True)  # the call Supervisor.encode makes
     offsets = [tuple(o) for o in enc["offset_mapping"]]
     return prefix, text, offsets, map_lines(text, offsets, base=len(prefix))
 
