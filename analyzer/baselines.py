@@ -34,8 +34,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from analyzer.features import FeatureConfig, StateCache
-from analyzer.lines import LineSpan, as_read, map_lines
+from analyzer.features import FeatureConfig, StateCache, supervisor_input
+from analyzer.lines import LineSpan
 from analyzer.supervisor import Supervisor
 from analyzer.types import Record
 
@@ -155,10 +155,7 @@ def read_full(sup: Supervisor, records: Sequence[Record], features: FeatureConfi
     for rec in tqdm(records, desc="reading code (full model)", unit="file", disable=not progress, leave=False):
         context = context_for(rec, context_keys)
         prefix = context + features.prefix_for(rec.language)
-        code = as_read(rec.code)
-        enc = sup.encode(prefix + code)
-        lines = map_lines(code, enc.offsets, base=len(prefix))
-        key = prefix + code
+        key, enc, lines = supervisor_input(sup, rec.code, prefix)
         cached = cache.get(key) if cache is not None else None
         if cached is None or cached.shape != (len(lines), width):
             n_context = sum(1 for s, _ in enc.offsets if s < len(prefix))

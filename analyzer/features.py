@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from analyzer.declarations import declares
 from analyzer.lines import LineSpan, as_read, map_lines
-from analyzer.supervisor import Supervisor
+from analyzer.supervisor import Encoded, Supervisor
 
 
 @dataclass(frozen=True)
@@ -114,16 +114,19 @@ class StateCache:
         tmp.replace(p)
 
 
+def supervisor_input(sup: Supervisor, text: str, prefix: str) -> tuple[str, Encoded, list[LineSpan]]:
+    """One text as the supervisor reads it: the model input (``prefix`` + the text as read,
+    ``lines.as_read``; also the state-cache key), its tokens, and the text's scorable lines."""
+    text = as_read(text)
+    enc = sup.encode(prefix + text)
+    return prefix + text, enc, map_lines(text, enc.offsets, base=len(prefix))
+
+
 def extract(sup: Supervisor, texts: Sequence[str], languages: Sequence[str | None],
             cfg: FeatureConfig, progress: bool = False, chunk: int = 64,
             desc: str = "reading code", cache: StateCache | None = None) -> list[SnippetLines]:
     """Line states for many texts: one batched truncated forward pass per ``chunk`` texts."""
-    encoded = []
-    for text, lang in zip(texts, languages):
-        text = as_read(text)
-        prefix = cfg.prefix_for(lang)
-        enc = sup.encode(prefix + text)
-        encoded.append((prefix + text, enc, map_lines(text, enc.offsets, base=len(prefix))))
+    encoded = [supervisor_input(sup, text, cfg.prefix_for(lang)) for text, lang in zip(texts, languages)]
     out: list[SnippetLines | None] = [None] * len(encoded)
     todo = []
     for i, (key, _, spans) in enumerate(encoded):

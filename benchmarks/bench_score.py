@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import torch  # noqa: E402
 
 from analyzer.artifact import default_model_dir, read_manifest  # noqa: E402
+from analyzer.features import supervisor_input  # noqa: E402
 from analyzer.records import load_records  # noqa: E402
 from analyzer.score import RiskScorer  # noqa: E402
 from analyzer.supervisor import Supervisor, SupervisorConfig  # noqa: E402
@@ -108,7 +109,7 @@ def run(model_dir: Path, data_dir: Path, n_files: int, repeats: int, device: str
         full = Supervisor.load(replace(sup.cfg, full=True))
         requests = corpus(data_dir, n_files)
         # The token ids exactly as the pipeline builds them (prompt prefix + file text).
-        ids = [sup.encode(scorer.features.prefix_for(r.language) + r.text).ids for r in requests]
+        ids = [supervisor_input(sup, r.text, scorer.features.prefix_for(r.language))[1].ids for r in requests]
         n_tokens = sum(len(x) for x in ids)
 
         n_lines = sum(len(r) for r in scorer.score_many(requests))

@@ -34,8 +34,7 @@ import torch
 from tqdm import tqdm
 
 from analyzer.evaluate import EvalConfig, Reading, _ranker_method, open_model
-from analyzer.features import SnippetLines, ranker_inputs
-from analyzer.lines import map_lines
+from analyzer.features import SnippetLines, ranker_inputs, supervisor_input
 from analyzer.records import load_records
 from analyzer.supervisor import SupervisorConfig
 
@@ -52,9 +51,8 @@ def read_pooled(loaded, records, desc: str, chunk: int = 32) -> dict[str, list[R
         part = records[c:c + chunk]
         enc = []
         for r in part:
-            prefix = cfg.prefix_for(r.language)
-            e = sup.encode(prefix + r.code)
-            enc.append((e, map_lines(r.code, e.offsets, base=len(prefix))))
+            _, e, spans = supervisor_input(sup, r.code, cfg.prefix_for(r.language))
+            enc.append((e, spans))
         states = sup.states([e.ids for e, _ in enc])
         for rec, (_, spans), h in zip(part, enc, states):  # h: (T, d)
             if not spans:
