@@ -118,23 +118,21 @@ def _with_zscore_blend(preds: list[SnippetPrediction], weight: float) -> list[Sn
                     probabilities=None) for p in preds]
 
 
-def _with_length_offset(preds: list[SnippetPrediction], weight: float) -> list[SnippetPrediction]:
+def _with_length_offset(preds: list[SnippetPrediction], weight: float, readings=None,
+                        exempt=None) -> list[SnippetPrediction]:
     """Learned logits plus ``weight`` x ``length_prior_term``: what ``RankerConfig.length_prior``
-    does when scoring (the log-odds scale is kept, so the calibrator still reads snippet risk)."""
-    return [replace(p, scores=p.scores + weight * length_prior_term(torch.as_tensor(p.tokens)).double().numpy(),
-                    probabilities=None) for p in preds]
+    does when scoring (the log-odds scale is kept, so the calibrator still reads snippet risk).
 
-
-def _with_exempt_offset(preds: list[SnippetPrediction], readings, weight: float,
-                        exempt) -> list[SnippetPrediction]:
-    """``_with_length_offset`` with the prior term set to 0 on lines where ``exempt(text)`` holds:
-    a long import or signature line is long for reasons that say nothing about its risk (a Rust
-    ``use std::{...}`` line, a wrapped Java signature), so it gets no length bonus, nor a penalty."""
+    With ``exempt`` (and the ``readings`` the predictions came from), the prior term is 0 on lines
+    where ``exempt(text)`` holds: a long import or signature line is long for reasons that say
+    nothing about its risk (a Rust ``use std::{...}`` line, a wrapped Java signature), so it gets
+    no length bonus, nor a penalty."""
     out = []
-    for p, r in zip(preds, readings):
-        term = length_prior_term(torch.as_tensor(p.tokens)).double().numpy()
-        keep = np.array([not exempt(s.text) for s in r.snippet.lines], dtype=np.float64)
-        out.append(replace(p, scores=p.scores + weight * term * keep, probabilities=None))
+    for i, p in enumerate(preds):
+        term = weight * length_prior_term(torch.as_tensor(p.tokens)).double().numpy()
+        if exempt is not None:
+            term = term * np.array([not exempt(s.text) for s in readings[i].snippet.lines], dtype=np.float64)
+        out.append(replace(p, scores=p.scores + term, probabilities=None))
     return out
 
 
@@ -387,7 +385,7 @@ def main() -> None:
                     {ds: _metrics(_with_length_offset(p, w)) for ds, p in preds.items()})
                 for tag, exempt in (("d", declares), ("i", imports), ("c", comment_line)):
                     results.setdefault(f"{variant}+off{tag}{w:g}", []).append(
-                        {ds: _metrics(_with_exempt_offset(p, v_sets[ds], w, exempt)) for ds, p in preds.items()})
+                        {ds: _metrics(_with_length_offset(p, w, v_sets[ds], exempt)) for ds, p in preds.items()})
                 results.setdefault(f"{variant}+off{w:g}+clast", []).append(
                     {ds: _metrics(_with_comments_last(_with_length_offset(p, w), v_sets[ds]))
                      for ds, p in preds.items()})
