@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections.abc import Iterator
 
 import pytest
@@ -60,8 +61,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def ptbot_cache_dir(tmp_path_factory: pytest.TempPathFactory):
     """Where dequantized supervisors are cached: ``PTBOT_CACHE_DIR`` if set (fast reruns), else a
     fresh session directory (the first SmolLM2 load then dequantizes, ~50 s)."""
-    from pathlib import Path
-
     env = os.environ.get("PTBOT_CACHE_DIR")
     return Path(env).expanduser() if env else tmp_path_factory.mktemp("ptbot-cache")
 
@@ -133,7 +132,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
     return out
 
 
-
 def app_on(fake: FakeGitHub, private_key: str, *, max_attempts: int, backoff_base: float):
     """A ``GitHubApp`` for the test App on ``fake``: writes not spaced out, quick jitter-free retries."""
     from bot.config import Settings
@@ -143,6 +141,7 @@ def app_on(fake: FakeGitHub, private_key: str, *, max_attempts: int, backoff_bas
                         seconds_between_writes=0.0)
     return GitHubApp.from_settings(settings, retry=RetryPolicy(max_attempts=max_attempts, backoff_base=backoff_base,
                                                                server_error_base=0.05, jitter=0.0))
+
 
 # ----- review pipeline: a deterministic scorer and pull requests on the fake GitHub ----------
 
@@ -314,7 +313,7 @@ def sarif_validator():
     return cls(schema)
 
 
-def check_golden(path, got: str) -> None:
+def check_golden(path: Path, got: str) -> None:
     """Compare ``got`` with the golden file at ``path``; PTBOT_UPDATE_GOLDEN=1 rewrites it."""
     if os.environ.get("PTBOT_UPDATE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
