@@ -75,13 +75,24 @@ def fingerprint(path: str, text: str, occurrence: int = 0) -> str:
     return hashlib.sha256(key).hexdigest()[:16]
 
 
+def occurrences(file_text: str) -> list[int]:
+    """For each line of ``file_text`` (index 0 = line 1), how many earlier lines normalise to the
+    same text. One pass over the file, so fingerprinting every line of a large file stays linear."""
+    counts: dict[str, int] = {}
+    out = []
+    for text in source_lines(file_text):
+        key = normalise_line(text)
+        out.append(counts.get(key, 0))
+        counts[key] = out[-1] + 1
+    return out
+
+
 def occurrence_index(file_text: str, line: int) -> int:
     """How many lines before 1-based ``line`` of ``file_text`` normalise to the same text."""
-    lines = source_lines(file_text)
-    if not 1 <= line <= len(lines):
-        raise ValueError(f"line {line} is outside the file ({len(lines)} lines)")
-    target = normalise_line(lines[line - 1])
-    return sum(1 for earlier in lines[: line - 1] if normalise_line(earlier) == target)
+    occ = occurrences(file_text)
+    if not 1 <= line <= len(occ):
+        raise ValueError(f"line {line} is outside the file ({len(occ)} lines)")
+    return occ[line - 1]
 
 
 def line_fingerprints(
@@ -95,11 +106,15 @@ def line_fingerprints(
     """
     lines = sorted(lines, key=lambda ln: (ln.path, ln.line))
     seen: dict[tuple[str, str], int] = {}
+    per_file: dict[str, list[int]] = {}  # path -> occurrences(text), computed once per file
     out: dict[tuple[str, int], str] = {}
     for ln in lines:
         text = files.get(ln.path) if files else None
-        if text is not None and 1 <= ln.line <= len(source_lines(text)):
-            occ = occurrence_index(text, ln.line)
+        if text is not None and ln.path not in per_file:
+            per_file[ln.path] = occurrences(text)
+        occ_of = per_file.get(ln.path, [])
+        if 1 <= ln.line <= len(occ_of):
+            occ = occ_of[ln.line - 1]
         else:
             key = (ln.path, normalise_line(ln.text))
             occ = seen.get(key, 0)
