@@ -1,7 +1,7 @@
 """A fake GitHub REST API on 127.0.0.1 that PyGithub talks to over real HTTP.
 
 Response bodies are the JSON recorded from api.github.com in
-``../shared/fixtures/github/replay/*.txt`` (PyGithub's ReplayData), used as templates: ids, names,
+``tests/fixtures/github/replay/*.txt`` (PyGithub's ReplayData), used as templates: ids, names,
 SHAs and paths are filled in from this server's state, and every ``https://api.github.com`` URL
 is rewritten to point here (PyGithub follows the ``url`` fields it is given).
 
@@ -33,7 +33,7 @@ from werkzeug.serving import make_server
 
 from fake_graphql import FakeGraphQL
 
-REPLAY_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "github" / "replay"
+REPLAY_DIR = Path(__file__).resolve().parent / "fixtures" / "github" / "replay"
 RECORDED_HOST = "https://api.github.com"
 BOT_LOGIN = "ptbot-test[bot]"
 

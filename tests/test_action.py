@@ -33,7 +33,7 @@ from bot.cli import cli
 from bot.render import parse_marker
 
 ROOT = Path(__file__).resolve().parents[1]
-WEBHOOKS = ROOT.parent / "shared" / "fixtures" / "github" / "webhooks" / "pull_request"
+WEBHOOKS = ROOT / "tests" / "fixtures" / "github" / "webhooks" / "pull_request"
 OPENED = WEBHOOKS / "opened.payload.json"
 SYNCHRONIZE = WEBHOOKS / "synchronize.payload.json"
 EVENT = json.loads(OPENED.read_text())

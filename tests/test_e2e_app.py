@@ -37,7 +37,7 @@ from workers.celery_app import WorkerConfig, celery_enqueue, make_celery
 from workers.tasks import WorkerRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
-WEBHOOKS = ROOT.parent / "shared" / "fixtures" / "github" / "webhooks"
+WEBHOOKS = ROOT / "tests" / "fixtures" / "github" / "webhooks"
 SECRET = "e2e-secret"
 RISKY = {"RISK-A": 0.9, "RISK-B": 0.8, "RISK-C": 0.7}
 AI_CALC = ("def total(items):\n"

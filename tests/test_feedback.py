@@ -40,7 +40,7 @@ from bot.pr_review import RedisLedger, run_review
 from bot.render import Renderer, parse_marker
 from bot.store import LabelStore
 
-WEBHOOKS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "github" / "webhooks"
+WEBHOOKS = Path(__file__).resolve().parent / "fixtures" / "github" / "webhooks"
 CHECK_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "check_data.py"
 HEAD, HEAD2, HEAD3 = "a1" * 20, "b2" * 20, "c3" * 20
 CALC = ("def total(items):\n"
@@ -256,6 +256,8 @@ def test_feedback_lifecycle_end_to_end(fake_github, app, ledger, label_store: La
     rec = json.loads(out.read_text())
     assert rec["code"] == CALC and rec["fixed"] == CALC_FIXED and rec["buggy_lines"] == [5]
     assert rec["language"] == "python" and 4 in rec["meta"]["negative_lines"]
+    if not CHECK_DATA.exists():
+        pytest.skip(f"{CHECK_DATA} not found (the shared data checker sits beside the clone in CI)")
     check = subprocess.run([sys.executable, str(CHECK_DATA), str(out)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 
@@ -451,6 +453,8 @@ def test_cli_feedback_stats_and_export(tmp_path, monkeypatch):
     result = runner.invoke(cli, ["feedback", "export", "--out", str(out)], env=env)
     assert result.exit_code == 0, result.output
     assert "wrote 1 record(s)" in result.output
+    if not CHECK_DATA.exists():
+        pytest.skip(f"{CHECK_DATA} not found (the shared data checker sits beside the clone in CI)")
     check = subprocess.run([sys.executable, str(CHECK_DATA), str(out)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     result = runner.invoke(cli, ["feedback", "stats", "--k", "1", "--plot", str(tmp_path / "s.png")], env=env)

@@ -1,6 +1,6 @@
 """bot.webhook: signatures, de-duplication in real Redis, event routing, metrics.
 
-Payloads are the real examples in ../shared/fixtures/github/webhooks, signed with a test secret.
+Payloads are the real examples in tests/fixtures/github/webhooks, signed with a test secret.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from bot.webhook import (
     verify_signature,
 )
 
-WEBHOOKS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "github" / "webhooks"
+WEBHOOKS = Path(__file__).resolve().parent / "fixtures" / "github" / "webhooks"
 SECRET = "test-webhook-secret"
 
 
