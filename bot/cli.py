@@ -515,6 +515,44 @@ def mine_repo_cmd(repo, out_dir, rev, since, until, max_commits, languages, incl
     click.echo(json.dumps(manifest.to_dict(), indent=2))
 
 
+@cli.group("corpus")
+def corpus_group() -> None:
+    """The real-fix training corpus: rebuilt from a committed data card, never committed itself."""
+
+
+@corpus_group.command("build")
+@click.argument("card", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for train.jsonl, validation.jsonl, test.jsonl, corpus.json and mined/.")
+@click.option("--repos", "repos_dir", type=click.Path(file_okay=False, exists=True),
+              help="Directory holding clones as OWNER+NAME/ or OWNER/NAME/ (else each card URL is cloned).")
+@click.option("--reserved", "reserved_dir", envvar="PTBOT_RESERVED_DIR", required=True,
+              type=click.Path(file_okay=False, exists=True),
+              help="Folder with reserved-projects.txt and reserved-debian-packages.txt; a card naming a "
+                   "reserved project is refused.")
+def corpus_build(card, out_dir, repos_dir, reserved_dir):
+    """Rebuild the corpus CARD describes: mine each repository at its pinned commit, keep focused
+    fixes, drop snippets shared across repositories, split by repository, sample.
+
+    \b
+      ptbot corpus build data/corpus-card.json --out corpus/ --repos ~/src --reserved ../shared/data
+    Interrupted? Run it again: finished repositories are not mined twice.
+    """
+    from miners.corpus import Card, CorpusError, build
+
+    try:
+        summary = build(Card.load(Path(card)), Path(out_dir), reserved_dir=Path(reserved_dir),
+                        repos_dir=Path(repos_dir) if repos_dir else None, progress=True,
+                        log=lambda msg: click.echo(msg, err=True))
+    except CorpusError as e:
+        raise _fail(str(e)) from e
+    for split, langs in summary["counts"].items():
+        total = sum(c["records"] for c in langs.values())
+        click.echo(f"{split}: {total:,} records (" + ", ".join(f"{k} {v['records']}" for k, v in langs.items())
+                   + ")", err=True)
+    click.echo(f"wrote {out_dir}", err=True)
+
+
 # ------------------------------------------------------------------------------- GitHub App
 
 
