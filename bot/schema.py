@@ -21,6 +21,7 @@ Only what ptbot uses is declared, so a schema is also the list of what ptbot rea
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -70,7 +71,7 @@ def _read(tp: Any, value: Any, where: str) -> Any:
         for check in checks:
             problem = check(out)
             if problem:
-                raise PayloadError(where, problem)
+                raise PayloadError(where, f"{problem}, got {_short(out)}")
         return out
     if origin in (Union, types.UnionType):
         args = get_args(tp)
@@ -127,13 +128,9 @@ def _read_schema(schema: type[T], value: Any, where: str) -> T:
         raise PayloadError(_join(where, e.field), e.problem) from None
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
+@functools.cache
 def _hints(schema: type) -> dict[str, Any]:
-    if schema not in _HINTS:
-        _HINTS[schema] = typing.get_type_hints(schema, include_extras=True)
-    return _HINTS[schema]
+    return typing.get_type_hints(schema, include_extras=True)
 
 
 def schema(cls: type[T]) -> type[T]:
@@ -187,6 +184,7 @@ class Fields(Mapping[str, Any]):
         return read(type(self), {**self.to_json(), **{k: _plain(v) for k, v in changes.items()}})
 
 
+@functools.cache
 def _names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 

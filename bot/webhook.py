@@ -21,7 +21,6 @@ from flask import Flask, Response, jsonify, request
 
 from bot.config import Settings
 from bot.events import (
-    PR_ACTIONS,
     CheckRunEvent,
     InstallationEvent,
     PullRequest,
