@@ -15,12 +15,13 @@ import os
 import queue
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from analyzer.artifact import ArtifactError, default_model_dir, read_manifest, resolve_model_dir
 from bot.config import Settings
 from bot.github import GitHubApp
+from bot.jobs import Job, read_job
 from bot.pr_review import (
     MemoryLedger,
     Outcome,
@@ -35,6 +36,7 @@ from bot.pr_review import (
 )
 from bot.render import Renderer
 from bot.review import Scorer
+from bot.schema import Fields, PayloadError
 from bot.webhook import pull_request_fields
 from workers.celery_app import FEEDBACK_TASK, HARVEST_TASK, PUBLISH_TASK, REVIEW_TASK, SCORE_TASK
 
@@ -140,12 +142,29 @@ class WorkerRuntime:
             self._model_version = expected_model_version(self.settings) or ""
         return self._model_version or None
 
-    def pull_request(self, job: dict[str, Any]) -> Any:
+    def pull_request(self, job: Mapping[str, Any]) -> Any:
         return self.github().pull_request(int(job["installation_id"]), job["owner"], job["repo"],
                                           int(job["number"]))
 
 
-def review_jobs(job: dict[str, Any]) -> list[dict[str, Any]]:
+def derived_job(job: Mapping[str, Any], **changes: Any) -> Mapping[str, Any]:
+    """``job`` with ``changes``: a typed job is read through its schema again (and stays typed
+    and frozen), a plain dict stays a dict."""
+    return job.replace(**changes) if isinstance(job, Fields) else dict(job, **changes)
+
+
+def read_task_job(raw: Any, task: str) -> Job | None:
+    """A task's job read back into its type (``bot.jobs.read_job``); None, logged with the delivery
+    id, when it does not fit: a malformed job fails the same way on every retry, so it is dropped."""
+    try:
+        return read_job(raw)
+    except PayloadError as e:
+        delivery = raw.get("delivery") if isinstance(raw, Mapping) else None
+        log.error("%s: dropping a job that does not fit its schema (delivery %s): %s", task, delivery, e)
+        return None
+
+
+def review_jobs(job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The per-PR review jobs a webhook job stands for (a re-score may name several PRs)."""
     kind = job.get("kind")
     if kind == "review":
@@ -157,17 +176,17 @@ def review_jobs(job: dict[str, Any]) -> list[dict[str, Any]]:
             # Fork PRs: GitHub sends an empty pull_requests list (github-bot.md §3.6).
             log.info("check_run %s on %s names no pull request (a fork PR?): see fork_rescore_jobs",
                      job.get("check_run_id"), job.get("head_sha"))
-        return [dict(job, number=n, force=True) for n in job.get("numbers") or []]
+        return [derived_job(job, number=n, force=True) for n in job.get("numbers") or []]
     log.info("job kind %r needs no review work (delivery %s)", kind, job.get("delivery"))
     return []
 
 
-def needs_pull_lookup(job: dict[str, Any]) -> bool:
+def needs_pull_lookup(job: Mapping[str, Any]) -> bool:
     """A check-run re-run that named no PR: GitHub leaves ``pull_requests`` empty for forks."""
     return job.get("kind") == "rescore" and not job.get("number") and not job.get("numbers")
 
 
-def fork_rescore_jobs(github: GitHubApp, job: dict[str, Any]) -> list[dict[str, Any]]:
+def fork_rescore_jobs(github: GitHubApp, job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """Review jobs for a re-run that named no PR: one per open PR whose head is the run's SHA,
     shaped like a ``pull_request`` job and forced (a re-run must run even if the key is done).
     When there is none, the check run is completed neutral with the reason, not left hanging."""
@@ -177,7 +196,7 @@ def fork_rescore_jobs(github: GitHubApp, job: dict[str, Any]) -> list[dict[str, 
     if pulls:
         log.info("check_run %s: head %s is %s/%s#%s", job.get("check_run_id"), sha[:12], owner, repo,
                  ", #".join(str(p.get("number")) for p in pulls))
-        return [dict(job, **pull_request_fields(p), force=True) for p in pulls]
+        return [derived_job(job, **pull_request_fields(p), force=True) for p in pulls]
     log.warning("check_run %s on %s/%s: no open pull request has head %s; completing it neutral",
                 job.get("check_run_id"), owner, repo, sha[:12])
     github.complete_check_run(
@@ -190,7 +209,7 @@ def fork_rescore_jobs(github: GitHubApp, job: dict[str, Any]) -> list[dict[str, 
     return []
 
 
-def expand_job(runtime: WorkerRuntime, job: dict[str, Any]) -> list[dict[str, Any]]:
+def expand_job(runtime: WorkerRuntime, job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """``review_jobs``, with a fork PR's re-run matched to its PR through GitHub."""
     jobs = review_jobs(job)
     if not jobs and needs_pull_lookup(job):
@@ -231,13 +250,16 @@ def register_tasks(app: Any, runtime: WorkerRuntime, *, cpu_queue: str, gpu_queu
     """Define the three tasks on ``app`` (a Celery app built by ``workers.celery_app``)."""
 
     @app.task(bind=True, shared=False, name=REVIEW_TASK)
-    def review_task(self: Any, job: dict[str, Any]) -> dict[str, Any]:
+    def review_task(self: Any, raw: dict[str, Any]) -> dict[str, Any]:
         count_delivery(runtime.ledger(), self.request.id, REVIEW_TASK, max_deliveries)
+        job = read_task_job(raw, REVIEW_TASK)
+        if job is None:
+            return {"status": "invalid_job"}
         if feedback_wanted(runtime, job):  # label work (issue 6) runs beside the review
-            self.app.send_task(FEEDBACK_TASK, args=[job], queue=cpu_queue)
+            self.app.send_task(FEEDBACK_TASK, args=[job.to_json()], queue=cpu_queue)
         jobs = expand_job(runtime, job)
         if jobs != [job]:  # a re-score of several PRs (one task each), or nothing to review
-            ids = [self.app.send_task(REVIEW_TASK, args=[j], queue=cpu_queue).id for j in jobs]
+            ids = [self.app.send_task(REVIEW_TASK, args=[j.to_json()], queue=cpu_queue).id for j in jobs]
             return {"status": "fanned_out" if ids else "ignored", "tasks": ids}
         result = prepare(job, runtime.pull_request(job), runtime.settings.repo_defaults,
                          runtime.ledger(), runtime.renderer(), model_version=runtime.model_version())
@@ -299,14 +321,14 @@ def feedback_sink(runtime: WorkerRuntime) -> Any:
     return StoreFeedback(store, getattr(runtime, "feedback_settings", None))
 
 
-def feedback_wanted(runtime: WorkerRuntime, job: dict[str, Any]) -> bool:
+def feedback_wanted(runtime: WorkerRuntime, job: Mapping[str, Any]) -> bool:
     """Does this webhook job carry label work: a feedback event, a push or a close?"""
     if not getattr(runtime, "feedback_url", None):
         return False
     return job.get("kind") in ("feedback", "closed") or job.get("action") == "synchronize"
 
 
-def run_feedback_job(runtime: WorkerRuntime, job: dict[str, Any]) -> dict[str, Any]:
+def run_feedback_job(runtime: WorkerRuntime, job: Mapping[str, Any]) -> dict[str, Any]:
     """Store the labels one webhook job implies (threads, replies, pushes, merges)."""
     from bot.feedback import GitHubFeedbackAPI, handle_feedback_job, handle_pull_request_job, pr_text_reader
 
@@ -336,8 +358,9 @@ def register_feedback_tasks(app: Any, runtime: WorkerRuntime) -> dict[str, Any]:
     """Define the feedback task (webhook label work) and the harvest task (Celery beat)."""
 
     @app.task(shared=False, name=FEEDBACK_TASK)
-    def feedback_task(job: dict[str, Any]) -> dict[str, Any]:
-        return run_feedback_job(runtime, job)
+    def feedback_task(raw: dict[str, Any]) -> dict[str, Any]:
+        job = read_task_job(raw, FEEDBACK_TASK)
+        return run_feedback_job(runtime, job) if job is not None else {"status": "invalid_job"}
 
     @app.task(shared=False, name=HARVEST_TASK)
     def harvest_task(force: bool = False) -> dict[str, Any]:
@@ -378,7 +401,9 @@ class InProcessQueue:
             try:
                 if job is None:
                     return
-                for j in expand_job(self.runtime, job):
+                typed = read_task_job(job, f"eager job {job['_id']}")
+                jobs = expand_job(self.runtime, typed) if typed is not None else []
+                for j in jobs:
                     outcome = run_review(j, self.runtime.pull_request(j), self.runtime.scorer(),
                                          self.runtime.renderer(), self.runtime.ledger(),
                                          self.runtime.settings.repo_defaults, owner=job["_id"])
