@@ -761,7 +761,9 @@ def action_cmd(ctx):
     try:
         action = ActionSettings.from_env(os.environ)
         # Annotations and workflow commands go to stdout, where the runner reads them.
-        result = run_action(action, lambda: _load_scorer(settings, action.model or None, quiet=False),
+        # The action's own model input wins; else the repository's promoted model (PTBOT_MODEL_HOMES).
+        model = action.model or settings.model_for(action.repository) or None
+        result = run_action(action, lambda: _load_scorer(settings, model, quiet=False),
                             defaults=settings.repo_defaults, stdout=sys.stdout)
     except ValueError as e:
         raise _fail(str(e)) from e

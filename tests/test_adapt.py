@@ -237,3 +237,71 @@ def test_cli_adapt_prints_the_table_and_writes_the_home(shop, tiny_artifact_dir,
     assert "0002" in listing and "gate top1:" in listing
     bad = runner.invoke(cli, ["adapt", str(shop), "--repository", "octo/shop", "--until", "someday"], env=env)
     assert bad.exit_code != 0 and "neither a date" in bad.output
+
+
+# ----- serving: a repository's promoted model scores its pull requests -----------------------
+
+
+def test_model_for_serves_a_repositorys_own_model_only_once_one_is_promoted(tiny_artifact_dir, tmp_path):
+    homes = tmp_path / "homes"
+    s = Settings(model="deployment-model", model_homes=str(homes))
+    assert s.model_for("octo/shop") == "deployment-model" and Settings().model_for("octo/shop") == ""
+    home = versions.repository_home(homes, "octo/shop")
+    versions.init_home(home, tiny_artifact_dir)
+    assert s.model_for("octo/shop") == "deployment-model"  # still the copy it started from
+    cand = versions.new_version_dir(home)
+    versions.promote(home, cand.name)
+    assert s.model_for("octo/shop") == str(home) and s.model_for("octo/other") == "deployment-model"
+    versions.rollback(home)
+    assert s.model_for("octo/shop") == "deployment-model"
+    assert s.model_for("../../etc") == "deployment-model"
+    with pytest.raises(ValueError, match="owner/name"):
+        versions.repository_home(homes, "../x")
+    assert Settings.from_env({"PTBOT_MODEL_HOMES": "/srv/homes"}).model_homes == "/srv/homes"
+
+
+def test_app_reviews_with_the_repositorys_adapted_model_and_names_it(shop, sup, tiny_artifact_dir, tmp_path,
+                                                                       fake_github, app_private_key):
+    """adapt -> promoted for octo/shop -> the App scores octo/shop's PR with it (the check-run summary
+    names its version) and octo/other's PR with the deployment's model."""
+    from conftest import AI_TRAILER, TEST_APP_ID, TEST_INSTALLATION_ID, put_pull_request
+
+    from bot.github import GitHubApp, RetryPolicy
+    from bot.webhook import MemoryDeliveryDeduper, create_app, signature_for
+    from workers.tasks import InProcessQueue, eager_runtime
+
+    homes = tmp_path / "homes"
+    result = adapt_repository(job(shop, versions.repository_home(homes, "octo/shop"), tiny_artifact_dir),
+                              settings(tmp_path), supervisor=sup, cache=False)
+    assert result.promoted, result.reason
+    app_settings = Settings(app_id=str(TEST_APP_ID), private_key=app_private_key, webhook_secret="s",
+                            github_api_url=fake_github.base_url, seconds_between_writes=0.0,
+                            redis_url="redis://127.0.0.1:1/0", model=str(tiny_artifact_dir),
+                            model_homes=str(homes), cache_dir=str(tmp_path / "cache"), device="cpu")
+    runtime = eager_runtime(app_settings, github_factory=lambda: GitHubApp.from_settings(
+        app_settings, retry=RetryPolicy(jitter=0.0)))
+    queue = InProcessQueue(runtime)
+    client = create_app(app_settings, queue, MemoryDeliveryDeduper()).test_client()
+    code = function(500, BUGGY, random.Random(5))
+    try:
+        for number, (name, head) in enumerate((("shop", "a" * 40), ("other", "b" * 40)), 1):
+            put_pull_request(fake_github, number, head, [("c" * 40, f"Add\n\n{AI_TRAILER}", {"src/load.py": code})],
+                             owner="octo", name=name)
+            payload = json.dumps({"action": "opened", "installation": {"id": TEST_INSTALLATION_ID},
+                                  "repository": {"id": number, "name": name, "owner": {"login": "octo"}},
+                                  "pull_request": {"number": number, "head": {"sha": head, "ref": "f"},
+                                                   "base": {"ref": "main"}, "user": {"login": "ada"},
+                                                   "labels": []}}).encode()
+            resp = client.post("/webhook", data=payload, headers={
+                "X-GitHub-Event": "pull_request", "X-GitHub-Delivery": f"adapt-{number}",
+                "X-Hub-Signature-256": signature_for(b"s", payload)})
+            assert resp.status_code == 202
+        queue.join()
+        assert len(queue.outcomes) == 2, queue.outcomes
+    finally:
+        queue.close()
+    summaries = {run["head_sha"]: run["output"]["summary"] for run in fake_github.check_runs.values()}
+    assert "+octo/shop@0002" in summaries["a" * 40]
+    assert "+octo/shop" not in summaries["b" * 40] and "@0002" not in summaries["b" * 40]
+    assert runtime.scorer("octo/shop").info.version == "0002"
+    assert runtime.scorer("octo/other") is runtime.scorer()

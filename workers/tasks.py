@@ -46,23 +46,30 @@ class PoisonJob(RuntimeError):
     """A task delivered more often than the cap allows: it is failed instead of redelivered."""
 
 
-def load_scorer(settings: Settings) -> Scorer:
-    """The RiskScorer of ``settings.model`` (default: the packaged model); imports torch."""
+def load_scorer(settings: Settings, model: str | None = None) -> Scorer:
+    """The RiskScorer of ``model`` (default: ``settings.model``, else the packaged model); imports torch."""
     from analyzer.score import RiskScorer
     from analyzer.supervisor import SupervisorConfig
 
     cfg = SupervisorConfig(device=settings.device, cache_dir=settings.cache_path)
-    return RiskScorer.load(settings.model or None, supervisor=cfg)
+    return RiskScorer.load(model or settings.model or None, supervisor=cfg)
 
 
-def expected_model_version(settings: Settings) -> str | None:
+def job_repository(job: dict[str, Any]) -> str | None:
+    """``owner/name`` of the repository a review job is about (None when the job does not say)."""
+    owner, name = job.get("owner"), job.get("repo")
+    return f"{owner}/{name}" if owner and name else None
+
+
+def expected_model_version(settings: Settings, repository: str | None = None) -> str | None:
     """``name@version`` of the configured model, read from its manifest without loading it.
 
     Lets CPU workers (which never load the model) recognise a job key that is already done.
     None when the manifest cannot be read; then only ``publish`` checks the key.
     """
+    model = settings.model_for(repository)
     try:
-        model_dir = resolve_model_dir(settings.model) if settings.model else default_model_dir()
+        model_dir = resolve_model_dir(model) if model else default_model_dir()
         manifest = read_manifest(model_dir)
     except (ArtifactError, OSError, ValueError):
         return None
@@ -98,9 +105,12 @@ class WorkerRuntime:
                  scorer_factory: Callable[[], Scorer] | None = None,
                  github_factory: Callable[[], GitHubApp] | None = None,
                  ledger_factory: Callable[[], ReviewLedger] | None = None,
-                 model_version: str | None = None) -> None:
+                 model_version: str | None = None,
+                 repository_scorer_factory: Callable[[str], Scorer] | None = None) -> None:
         self.settings = settings
         self._scorer_factory = scorer_factory or (lambda: load_scorer(settings))
+        # A repository with a model of its own (``Settings.model_homes``) is scored by it.
+        self._repository_scorer_factory = repository_scorer_factory or (lambda model: load_scorer(settings, model))
         self._github_factory = github_factory or (lambda: shared_github(settings))
         self._ledger_factory = ledger_factory or (lambda: RedisLedger.from_url(settings.redis_url))
         self._model_version = model_version
@@ -123,8 +133,25 @@ class WorkerRuntime:
                 self._cache[name] = factory()
             return self._cache[name]
 
-    def scorer(self) -> Scorer:
-        return self._get("scorer", self._scorer_factory)
+    def scorer(self, repository: str | None = None) -> Scorer:
+        """The scorer for ``repository``: its own promoted model, else the deployment's.
+
+        The repository's HOME pointer is read on every call, so a promotion or a rollback is
+        served from the next job on; the version it replaces is dropped from this process.
+        """
+        own = self.settings.model_for(repository) if repository else self.settings.model
+        if not repository or own == self.settings.model:
+            return self._get("scorer", self._scorer_factory)
+        version_dir = str(resolve_model_dir(own))
+        key = f"scorer:{own}"
+        with self._lock:
+            held = self._cache.get(key)
+            if held is not None and held[0] == version_dir and self._pid == os.getpid():
+                return held[1]
+        scorer = self._repository_scorer_factory(own)
+        with self._lock:
+            self._cache[key] = (version_dir, scorer)
+        return scorer
 
     def github(self) -> GitHubApp:
         return self._get("github", self._github_factory)
@@ -135,7 +162,9 @@ class WorkerRuntime:
     def renderer(self) -> Renderer:
         return self._get("renderer", Renderer)
 
-    def model_version(self) -> str | None:
+    def model_version(self, repository: str | None = None) -> str | None:
+        if repository and self.settings.model_for(repository) != self.settings.model:
+            return expected_model_version(self.settings, repository)  # follows the HOME's pointer
         if self._model_version is None:
             self._model_version = expected_model_version(self.settings) or ""
         return self._model_version or None
@@ -240,7 +269,8 @@ def register_tasks(app: Any, runtime: WorkerRuntime, *, cpu_queue: str, gpu_queu
             ids = [self.app.send_task(REVIEW_TASK, args=[j], queue=cpu_queue).id for j in jobs]
             return {"status": "fanned_out" if ids else "ignored", "tasks": ids}
         result = prepare(job, runtime.pull_request(job), runtime.settings.repo_defaults,
-                         runtime.ledger(), runtime.renderer(), model_version=runtime.model_version())
+                         runtime.ledger(), runtime.renderer(),
+                         model_version=runtime.model_version(job_repository(job)))
         if isinstance(result, Outcome):
             log.info("review of %s/%s#%s: %s (%s)", job.get("owner"), job.get("repo"),
                      job.get("number"), result.status, result.detail)
@@ -255,7 +285,7 @@ def register_tasks(app: Any, runtime: WorkerRuntime, *, cpu_queue: str, gpu_queu
         except PoisonJob as e:
             give_up(runtime, prepared, str(e))
             raise
-        scored = score(Prepared.from_dict(prepared), runtime.scorer())
+        scored = score(Prepared.from_dict(prepared), runtime.scorer(job_repository(prepared["job"])))
         sent = self.app.send_task(PUBLISH_TASK, args=[scored.to_dict()], queue=cpu_queue)
         return {"status": "publishing", "task": sent.id, "scored": scored.scored}
 
@@ -379,7 +409,7 @@ class InProcessQueue:
                 if job is None:
                     return
                 for j in expand_job(self.runtime, job):
-                    outcome = run_review(j, self.runtime.pull_request(j), self.runtime.scorer(),
+                    outcome = run_review(j, self.runtime.pull_request(j), self.runtime.scorer(job_repository(j)),
                                          self.runtime.renderer(), self.runtime.ledger(),
                                          self.runtime.settings.repo_defaults, owner=job["_id"])
                     self.outcomes.append(outcome)
