@@ -591,6 +591,10 @@ def worker(ctx, queues, concurrency, beat, training_only):
     app = make_celery(settings, WorkerConfig(preload_scorer="gpu" in names and not training_only))
     if not training_only:
         enable_feedback(app, settings.database_url)
+    if settings.adapt_mirrors:
+        from workers.celery_app import enable_adaptation
+
+        enable_adaptation(app)
     app.worker_main(argv + (["--beat"] if beat else []))
 
 

@@ -144,6 +144,11 @@ class Settings:
     ``owner/name``'s model in ``<dir>/owner/name``, and the App and the Action score that
     repository with it once a version of its own has won the gate; empty: every repository gets
     ``model``."""
+    adapt_mirrors: str = ""
+    """Directory of local mirrors of the installed repositories (``PTBOT_ADAPT_MIRRORS``):
+    ``<dir>/owner/name`` is a clone (bare or not) that the deployment keeps fetched; with
+    ``model_homes`` set, the weekly adapt task (``ptbot worker --beat``) re-runs ``ptbot adapt``
+    on each. Empty: no scheduled adaptation."""
     device: str = "auto"
     """Torch device for scoring (``PTBOT_DEVICE``): auto, cpu, cuda, cuda:N or mps."""
     seconds_between_writes: float = 1.0
@@ -168,6 +173,9 @@ class Settings:
             raise ValueError(f"PTBOT_DATABASE_URL must be an SQLAlchemy URL, got {self.database_url!r}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ValueError(f"PTBOT_DEVICE must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
+        if self.adapt_mirrors and not self.model_homes:
+            raise ValueError("PTBOT_ADAPT_MIRRORS needs PTBOT_MODEL_HOMES: scheduled adaptations keep each "
+                             "repository's model in PTBOT_MODEL_HOMES/owner/name")
         if self.seconds_between_writes < 0:
             raise ValueError("PTBOT_SECONDS_BETWEEN_WRITES must be >= 0")
         if not self.database_url:
@@ -233,6 +241,7 @@ class Settings:
             "database_url": env.get("PTBOT_DATABASE_URL", ""),
             "model": env.get("PTBOT_MODEL", ""),
             "model_homes": env.get("PTBOT_MODEL_HOMES", ""),
+            "adapt_mirrors": env.get("PTBOT_ADAPT_MIRRORS", ""),
             "device": env.get("PTBOT_DEVICE", "auto"),
             "repo_defaults": RepoConfig().with_overrides(policy, source="environment"),
         }

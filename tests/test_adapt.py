@@ -14,6 +14,7 @@ import random
 import subprocess
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import TINY_RANKER
@@ -305,3 +306,69 @@ def test_app_reviews_with_the_repositorys_adapted_model_and_names_it(shop, sup, 
     assert "+octo/shop" not in summaries["b" * 40] and "@0002" not in summaries["b" * 40]
     assert runtime.scorer("octo/shop").info.version == "0002"
     assert runtime.scorer("octo/other") is runtime.scorer()
+
+
+# ----- the schedule: beat -> one adapt task per mirrored repository, on a real worker ----------
+
+
+def test_beat_adapts_each_mirrored_repository_once_even_when_redelivered(shop, tiny_artifact_dir, tmp_path,
+                                                                          redis_url):
+    import time
+    import uuid
+
+    import redis
+    from celery.contrib.testing.worker import start_worker
+    from celery.signals import task_postrun
+
+    from bot.pr_review import RedisLedger
+    from workers.celery_app import ADAPT_SCHEDULE_TASK, ADAPT_TASK, WorkerConfig, enable_adaptation, make_celery
+    from workers.tasks import WorkerRuntime, mirrored_repositories
+
+    mirrors, homes = tmp_path / "mirrors", tmp_path / "homes"
+    (mirrors / "octo").mkdir(parents=True)
+    git(tmp_path, "clone", "-q", "--bare", str(shop), str(mirrors / "octo" / "shop"))
+    (mirrors / "octo" / "notes").mkdir()  # not a repository: ignored
+    s = settings(tmp_path, model=str(tiny_artifact_dir), model_homes=str(homes), adapt_mirrors=str(mirrors),
+                 redis_url=redis_url)
+    assert mirrored_repositories(s) == ["octo/shop"]
+    with pytest.raises(ValueError, match="needs PTBOT_MODEL_HOMES"):
+        Settings(adapt_mirrors=str(mirrors))
+
+    prefix = f"ptbot-test-{uuid.uuid4().hex}:"
+    client = redis.Redis.from_url(redis_url)
+    runtime = WorkerRuntime(s, ledger_factory=lambda: RedisLedger(client, prefix + "ledger:"))
+    app = make_celery(s, WorkerConfig(key_prefix=prefix), runtime)
+    enable_adaptation(app)
+    assert app.conf.beat_schedule["ptbot-adapt"]["task"] == ADAPT_SCHEDULE_TASK
+    done: list[tuple[str, Any]] = []
+
+    def on_postrun(sender=None, retval=None, **_):
+        if sender is not None and sender.app is app:
+            done.append((sender.name, retval))
+
+    def wait_for(n: int) -> list[Any]:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            runs = [r for name, r in done if name == ADAPT_TASK]
+            if len(runs) >= n:
+                return runs
+            time.sleep(0.2)
+        raise AssertionError(f"adapt ran {len(done)} task(s): {done}")
+
+    task_postrun.connect(on_postrun)
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False, queues=["cpu", "gpu"], shutdown_timeout=30,
+                          loglevel="WARNING"):
+            app.send_task(ADAPT_SCHEDULE_TASK, queue="cpu")
+            (first,) = wait_for(1)
+            assert first["repository"] == "octo/shop" and first["status"] in ("promoted", "refused"), first
+            assert first["version"] == "0002"
+            # the same job delivered again (as after a worker died before its ack): no second version
+            app.send_task(ADAPT_TASK, args=[{"repository": "octo/shop"}], queue="gpu")
+            second = wait_for(2)[1]
+            assert second == {"status": "already_adapted", "repository": "octo/shop", "version": "0002"}
+    finally:
+        task_postrun.disconnect(on_postrun)
+        for key in client.scan_iter(prefix + "*"):
+            client.delete(key)
+    assert [v.version for v in versions.list_versions(homes / "octo" / "shop")] == ["0001", "0002"]

@@ -494,3 +494,69 @@ def register_scaleout_tasks(app: Any, runtime: WorkerRuntime, *, max_deliveries:
             raise
 
     return {MINE_RANGE_TASK: mine_range_task, EXTRACT_SHARD_TASK: extract_shard_task}
+
+
+# ----- scheduled per-repository adaptation: workers.celery_app.enable_adaptation ----------------
+
+
+ADAPT_TIME_LIMIT = 6 * 3600
+"""Seconds one repository's adaptation may take (mining, reading the code, training)."""
+
+
+def mirrored_repositories(settings: Settings) -> list[str]:
+    """``owner/name`` of every repository mirrored under ``settings.adapt_mirrors`` (sorted)."""
+    from pathlib import Path
+
+    if not settings.adapt_mirrors:
+        return []
+    root = Path(settings.adapt_mirrors).expanduser()
+    return sorted(f"{owner.name}/{repo.name}" for owner in root.iterdir() if owner.is_dir()
+                  for repo in owner.iterdir()
+                  if (repo / ".git").exists() or (repo / "HEAD").is_file()) if root.is_dir() else []
+
+
+def run_adaptation(runtime: WorkerRuntime, repository: str) -> dict[str, Any]:
+    """``ptbot adapt`` for one mirrored repository into its home; a repeat on an unchanged
+    history (a redelivery) finds the version it made and trains nothing."""
+    from pathlib import Path
+
+    from analyzer.versions import repository_home
+    from workers.adapt import AdaptBusy, AdaptJob, adapt_repository
+
+    settings = runtime.settings
+    mirror = Path(settings.adapt_mirrors).expanduser() / repository
+    home = repository_home(Path(settings.model_homes).expanduser(), repository)
+    try:
+        result = adapt_repository(AdaptJob(repo=str(mirror), home=home, repository=repository), settings)
+    except AdaptBusy as e:
+        log.info("adapt %s: %s", repository, e)
+        return {"status": "busy", "repository": repository}
+    except ValueError as e:  # e.g. no fix after the cut yet: nothing to judge on this week
+        log.info("adapt %s: not adapted: %s", repository, e)
+        return {"status": "skipped", "repository": repository, "reason": str(e)}
+    status = "already_adapted" if result.reused else ("promoted" if result.promoted else "refused")
+    log.info("adapt %s: %s version %s (%s)", repository, status, result.version, result.reason)
+    return {"status": status, "repository": repository, "version": result.version}
+
+
+def register_adaptation_tasks(app: Any, runtime: WorkerRuntime, *, gpu_queue: str,
+                              max_deliveries: int) -> dict[str, Any]:
+    """Define the beat task (one adapt task per mirrored repository) and the adapt task."""
+    from workers.celery_app import ADAPT_SCHEDULE_TASK, ADAPT_TASK
+
+    @app.task(bind=True, shared=False, name=ADAPT_SCHEDULE_TASK)
+    def adapt_schedule_task(self: Any) -> dict[str, Any]:
+        repos = mirrored_repositories(runtime.settings)
+        for repository in repos:
+            self.app.send_task(ADAPT_TASK, args=[{"repository": repository}], queue=gpu_queue)
+        return {"status": "scheduled", "repositories": repos}
+
+    # Mining and training take far longer than a review. A redelivery while this still runs (the
+    # broker's visibility timeout is sized for reviews) finds the home locked and ends as "busy".
+    @app.task(bind=True, shared=False, name=ADAPT_TASK, soft_time_limit=ADAPT_TIME_LIMIT,
+              time_limit=ADAPT_TIME_LIMIT + 600)
+    def adapt_task(self: Any, job: dict[str, Any]) -> dict[str, Any]:
+        count_delivery(runtime.ledger(), self.request.id, ADAPT_TASK, max_deliveries)
+        return run_adaptation(runtime, str(job["repository"]))
+
+    return {ADAPT_SCHEDULE_TASK: adapt_schedule_task, ADAPT_TASK: adapt_task}
