@@ -250,3 +250,35 @@ def list_versions(home: Path | str) -> list[VersionInfo]:
         out.append(VersionInfo(version=version, path=path, status=status, gate=manifest.get("gate"),
                                created=manifest.get("created", manifest.get("updated", ""))))
     return out
+
+
+def repository_home(root: Path | str, repository: str) -> Path:
+    """Where the model HOME of ``repository`` (``owner/name``) lives under ``root``: ``root/owner/name``.
+
+    ValueError for a name that is not ``owner/name`` or that would leave ``root``.
+    """
+    owner, _, name = repository.partition("/")
+    parts = (owner, name)
+    if not owner or not name or "/" in name or any(p in (".", "..") or "\\" in p for p in parts):
+        raise ValueError(f"a repository is named owner/name, got {repository!r}")
+    return Path(root) / owner / name
+
+
+def serving_home(root: Path | str | None, repository: str | None) -> Path | None:
+    """The HOME of ``repository`` under ``root`` when it serves a model of its own, else None.
+
+    A repository's HOME starts as a copy of the deployment's model (its first version); only a
+    later version that won its gate (and was not rolled back) is the repository's own model, so a
+    HOME still serving its first version gives None too, and the deployment's model scores (and
+    names itself) as for any other repository. A missing root or repository gives None.
+    """
+    if not root or not repository:
+        return None
+    try:
+        home = repository_home(root, repository)
+        if not is_home(home):
+            return None
+        pointer = read_pointer(home)
+    except (ValueError, OSError):
+        return None
+    return home if pointer["version"] != pointer["history"][0] else None

@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STDLIB_ONLY_ANALYZER = {"analyzer", "analyzer.types", "analyzer.languages", "analyzer.diff",
-                        "analyzer.mutate", "analyzer.lines", "analyzer.records", "analyzer.declarations"}
+                        "analyzer.mutate", "analyzer.lines", "analyzer.records", "analyzer.declarations",
+                        "analyzer.artifact", "analyzer.versions"}
 FORBIDDEN_IN_ANALYZER = {"bot", "miners", "workers", "github", "git", "celery", "jinja2", "click",
                          "flask", "redis", "sqlalchemy"}
 
@@ -79,3 +80,12 @@ def test_webhook_process_never_imports_torch() -> None:
 def test_no_bucket_modules() -> None:
     buckets = [p for p in ROOT.glob("*/*.py") if p.stem in ("utils", "helpers", "common", "misc")]
     assert not buckets, f"modules without a name for what they own: {buckets}"
+
+
+def test_scoring_never_imports_the_adaptation() -> None:
+    """``ptbot adapt`` is training: loading the scorer, a review or the worker's tasks must not
+    pull it (or the miners) in."""
+    code = ("import sys, analyzer.score, bot.review, bot.pr_review, bot.action, workers.tasks; "
+            "bad = [m for m in ('analyzer.adapt', 'workers.adapt', 'miners.mine') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
