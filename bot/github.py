@@ -457,10 +457,10 @@ def anchor_error(files: Sequence[FileDiff], c: ReviewComment) -> str | None:
     return "line must be part of the diff"
 
 
-def _diff_header(f: Any) -> str:
+def _diff_header(f: Mapping[str, Any]) -> str:
     """A ``diff --git`` header for one API file entry, so its ``patch`` parses like ``git diff``."""
-    new, status = f.filename, f.status
-    old = f.previous_filename or new
+    new, status = f["filename"], f.get("status")
+    old = f.get("previous_filename") or new
     head = [f"diff --git a/{old} b/{new}"]
     if status == "added":
         head += ["new file mode 100644", "--- /dev/null", f"+++ b/{new}"]
@@ -473,22 +473,24 @@ def _diff_header(f: Any) -> str:
     return "\n".join(head) + "\n"
 
 
-def files_to_diffs(entries: Sequence[Any]) -> list[FileDiff]:
-    """FileDiffs from API file entries (``/pulls/{n}/files`` or a commit's ``files``)."""
+def files_to_diffs(entries: Sequence[Mapping[str, Any]]) -> list[FileDiff]:
+    """FileDiffs from API file entries as JSON (``/pulls/{n}/files`` or a commit's ``files``)."""
     out: list[FileDiff] = []
     for f in entries:
-        status = _STATUS_MAP.get(f.status, f.status)
-        old = f.previous_filename or (None if status == "added" else f.filename)
-        new = None if status == "deleted" else f.filename
-        if not f.patch:
+        filename = f["filename"]
+        status = _STATUS_MAP.get(f.get("status"), f.get("status"))
+        old = f.get("previous_filename") or (None if status == "added" else filename)
+        new = None if status == "deleted" else filename
+        patch = f.get("patch")
+        if not patch:
             # No patch: a pure rename (nothing changed), or a binary file or a diff too large
             # for the API; the latter two have no lines ptbot could anchor either way.
-            pure_rename = status in ("renamed", "copied") and not f.changes
+            pure_rename = status in ("renamed", "copied") and not f.get("changes")
             out.append(FileDiff(old, new, status, (), is_binary=not pure_rename))
             continue
-        parsed = parse_diff(_diff_header(f) + f.patch.rstrip("\n") + "\n")
+        parsed = parse_diff(_diff_header(f) + patch.rstrip("\n") + "\n")
         if not parsed:
-            raise ValueError(f"could not parse the patch GitHub gave for {f.filename}")
+            raise ValueError(f"could not parse the patch GitHub gave for {filename}")
         # The API's own status and paths are authoritative over whatever the header implied.
         out.append(replace(parsed[0], old_path=old, new_path=new, status=status))
     return out
@@ -614,8 +616,8 @@ class GitHubPullRequest:
     def files(self, refresh: bool = False) -> list[FileDiff]:
         """Every changed file of the PR as a FileDiff (hunks from the API's per-file patch)."""
         if self._files is None or refresh:
-            entries = self._call(lambda: list(self.pull().get_files()))
-            self._files = files_to_diffs(entries)
+            # Conditional pages: a refresh of an unchanged diff costs 304s, not rate limit.
+            self._files = files_to_diffs(self._get_list(f"/repos/{self.full_name}/pulls/{self.number}/files"))
         return self._files
 
     def file_text(self, path: str, sha: str) -> str:
@@ -627,20 +629,25 @@ class GitHubPullRequest:
         return content.decoded_content.decode("utf-8", errors="replace")
 
     def commits(self, with_files: bool = True) -> list[CommitInfo]:
-        """The PR's commits, oldest first, with author, committer, message and (optionally) patches."""
+        """The PR's commits, oldest first, with author, committer, message and (optionally) patches.
+
+        One listing, then (``with_files``) one ``GET /commits/{sha}`` per commit for its patches,
+        all as plain JSON through ``_call``. PyGithub's objects are avoided on purpose here: a
+        listed commit's ``raw_data`` fetches the commit again behind the back of the retry and
+        token handling.
+        """
         out: list[CommitInfo] = []
-        repo = self._repo()
-        for c in self._call(lambda: list(self.pull().get_commits())):
-            raw = c.raw_data
-            info, gh_author, gh_committer = raw.get("commit") or {}, raw.get("author"), raw.get("committer")
-            files: tuple[FileDiff, ...] = ()
+        for listed in self._get_list(f"/repos/{self.full_name}/pulls/{self.number}/commits"):
+            sha = listed["sha"]
+            raw, files = listed, ()
             if with_files:
-                full = self._call(lambda sha=c.sha: repo.get_commit(sha))
-                files = tuple(files_to_diffs(list(full.files)))
+                raw = self._get_once(f"/repos/{self.full_name}/commits/{sha}")
+                files = tuple(files_to_diffs(raw.get("files") or []))
+            info = raw.get("commit") or {}
             out.append(CommitInfo(
-                sha=c.sha, message=info.get("message", ""),
-                author=_person(info.get("author"), gh_author),
-                committer=_person(info.get("committer"), gh_committer),
+                sha=sha, message=info.get("message", ""),
+                author=_person(info.get("author"), raw.get("author")),
+                committer=_person(info.get("committer"), raw.get("committer")),
                 files=files))
         return out
 
@@ -774,27 +781,42 @@ class GitHubPullRequest:
             self._etags[url] = (etag, data)
         return data
 
-    def review_comments(self) -> list[dict[str, Any]]:
-        """Raw review comments of the PR (with reactions roll-up), conditionally fetched."""
-        out: list[dict[str, Any]] = []
+    def _get_once(self, url: str) -> Any:
+        """GET a JSON document through ``_call`` (retries, backoff, token refresh)."""
+        requester = self.app.client(self.installation_id).requester
+        _, data = self._call(lambda: requester.requestJsonAndCheck("GET", url))
+        return data
+
+    def _get_list(self, url: str, per_page: int = 100) -> list[Any]:
+        """Every item of a list endpoint, page by page, each page a conditional GET."""
+        out: list[Any] = []
         page = 1
         while True:
-            batch = self._get_json(f"/repos/{self.full_name}/pulls/{self.number}/comments"
-                                   f"?per_page=100&page={page}")
+            batch = self._get_json(f"{url}?per_page={per_page}&page={page}")
             out.extend(batch or [])
-            if not batch or len(batch) < 100:
+            if not batch or len(batch) < per_page:
                 return out
             page += 1
 
+    def review_comments(self) -> list[dict[str, Any]]:
+        """Raw review comments of the PR (with reactions roll-up), conditionally fetched."""
+        return self._get_list(f"/repos/{self.full_name}/pulls/{self.number}/comments")
+
     def posted_fingerprints(self) -> set[str]:
-        """Fingerprints in bot-authored review comments and review bodies: what not to post again."""
+        """Fingerprints in this App's own review comments and review bodies: what not to post again.
+
+        Only comments whose author is ptbot's own login count. A marker is plain text anyone can
+        write, so trusting every bot account would let another App (or a user-controlled bot)
+        silence ptbot's findings by posting comments with forged markers.
+        """
+        login = self.bot_login()
         found: set[str] = set()
         for c in self.review_comments():
-            if (c.get("user") or {}).get("type") == "Bot":
+            if _is_login(c.get("user"), login):
                 found |= marker_fingerprints(c.get("body") or "")
-        for r in self._call(lambda: list(self.pull().get_reviews())):
-            if r.user is not None and r.user.type == "Bot":
-                found |= marker_fingerprints(r.body or "")
+        for r in self._get_list(f"/repos/{self.full_name}/pulls/{self.number}/reviews"):
+            if _is_login(r.get("user"), login):
+                found |= marker_fingerprints(r.get("body") or "")
         return found
 
     def post_review(self, body: str, comments: Sequence[ReviewComment],
@@ -935,6 +957,13 @@ class GitHubPullRequest:
         """Collapse a comment or review body in the UI (``minimizeComment``); nothing is deleted."""
         self.graphql(_MINIMIZE, {"id": node_id, "classifier": classifier}, write=True)
         log.info("%s#%d: minimised %s as %s", self.full_name, self.number, node_id, classifier)
+
+
+def _is_login(user: Mapping[str, Any] | None, login: str) -> bool:
+    """Whether a REST ``user`` object is the account ``login`` (logins are case-insensitive; an
+    App's bot is ``slug[bot]`` in REST, a name no person's account can have)."""
+    name = (user or {}).get("login")
+    return bool(name) and str(name).lower() == login.lower()
 
 
 def _person(git_identity: dict[str, Any] | None, gh_user: dict[str, Any] | None) -> Person:

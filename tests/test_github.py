@@ -122,6 +122,18 @@ def test_file_text_and_commits(api):
     assert commits[1].files[0].path == "src/app.py" and commits[1].files[0].added_linenos() == [12, 13, 16]
 
 
+def test_each_commit_is_fetched_once_and_through_the_retries(api, fake_github):
+    """A listed commit is never fetched behind the retry path (PyGithub's ``raw_data`` would)."""
+    fake_github.fail_next("GET", r"/commits/b{40}$", 502)
+    commits = api.commits()
+    assert [c.files[0].path for c in commits] == ["src/helper.py", "src/app.py"]
+    assert [r.status for r in fake_github.requests_to("GET", r"/commits/b{40}$")] == [502, 200]
+    assert [r.status for r in fake_github.requests_to("GET", r"/commits/c{40}$")] == [200]
+    assert len(fake_github.requests_to("GET", r"/pulls/7/commits$")) == 1
+    assert [c.sha for c in api.commits(with_files=False)] == ["b" * 40, "c" * 40]
+    assert len(fake_github.requests_to("GET", r"/commits/[bc]{40}$")) == 3  # no more per-commit reads
+
+
 def test_anchor_validation_against_hunks(api):
     files = api.files()
     assert anchor_error(files, ReviewComment("src/app.py", 12, "x")) is None
@@ -253,8 +265,25 @@ def test_review_comments_use_conditional_requests(api, fake_github):
 
 def test_human_comments_with_markers_do_not_count(api, fake_github):
     api.post_review("S", [ReviewComment("src/app.py", 12, "x <!-- ptbot:fp=00000000000000ee -->")])
-    fake_github.review_comments[0]["user"]["type"] = "User"
+    fake_github.review_comments[0]["user"].update(login="mallory", type="User")
     assert api.posted_fingerprints() == set()
+
+
+def test_markers_forged_by_another_bot_do_not_count(api, fake_github):
+    """Only this App's own login (``GET /app`` slug + ``[bot]``) vouches for a marker: another
+    App's bot posting ptbot's markers cannot silence ptbot's findings."""
+    api.post_review("S <!-- ptbot:fp=00000000000000f1 -->",
+                    [ReviewComment("src/app.py", 12, "x <!-- ptbot:fp=00000000000000f2 -->")])
+    api.post_review("S <!-- ptbot:fp=00000000000000f3 -->",
+                    [ReviewComment("src/app.py", 13, "x <!-- ptbot:fp=00000000000000f4 -->")])
+    assert api.bot_login() == "ptbot-test[bot]"
+    forged = {"login": "other-app[bot]", "type": "Bot"}
+    fake_github.reviews[1]["user"] = dict(fake_github.reviews[1]["user"], **forged)
+    fake_github.review_comments[1]["user"] = dict(fake_github.review_comments[1]["user"], **forged)
+    assert api.posted_fingerprints() == {"00000000000000f1", "00000000000000f2"}
+    # Logins are case-insensitive on GitHub.
+    fake_github.reviews[0]["user"]["login"] = "PTBot-Test[bot]"
+    assert "00000000000000f1" in api.posted_fingerprints()
 
 
 @pytest.mark.parametrize("status, headers, message, attempt, expected", [

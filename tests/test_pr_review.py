@@ -102,6 +102,26 @@ def test_ai_pr_gets_one_review_with_ranked_comments_and_a_check_run(fake_github,
     assert req.text == AI_CALC and req.lines == frozenset({1, 2, 3, 4, 5})
 
 
+def test_a_review_asks_github_for_nothing_twice(fake_github, app, scorer, renderer):
+    """Requests per endpoint over one whole review: each is made once, except the PR itself,
+    which publish reads again on purpose (a push during scoring supersedes the job)."""
+    put_pull_request(fake_github, 7, HEAD, [
+        ("c1" * 20, f"Add total\n\n{AI_TRAILER}", {"src/calc.py": AI_CALC}),
+        ("c2" * 20, f"More\n\n{AI_TRAILER}", {"src/more.py": "z = load()  # RISK-C\n"}),
+        ("c3" * 20, "Tidy", {"src/more.py": "z = load()  # RISK-C\n"})])
+    assert review(app, scorer, renderer).status == "posted"
+    seen: dict[tuple, int] = {}
+    for r in fake_github.requests:
+        # GraphQL is one URL: tell its documents apart (and their variables: the page cursor).
+        doc = json.dumps(r.body, sort_keys=True) if r.path.endswith("/graphql") else ""
+        key = (r.method, r.path, r.query, doc)
+        seen[key] = seen.get(key, 0) + 1
+    twice = {k: n for k, n in seen.items() if n > 1}
+    assert twice == {("GET", "/repos/octo/shop/pulls/7", "", ""): 2}, twice
+    assert sum(1 for k in seen if k[1] == "/graphql") == 2  # review threads, review summaries
+    assert sum(1 for k in seen if k[1].startswith("/repos/octo/shop/commits/")) == 3
+
+
 def test_mixed_pr_comments_only_on_ai_lines(fake_github, app, scorer, renderer):
     put_pull_request(fake_github, 7, HEAD, [
         ("d1" * 20, "Add clamp", {"src/util.py": HUMAN_UTIL}),
