@@ -44,6 +44,8 @@ T = TypeVar("T")
 # ``<!-- ptbot:fp=<hex> model=... sha=... -->``; ``fp`` is the line's content fingerprint.
 MARKER_RE = re.compile(r"<!--\s*ptbot:([^>]*?)\s*-->")
 CHECK_RUN_NAME = "ptbot"
+MAX_REVIEW_BODY_CHARS = 65_536
+"""GitHub refuses a longer review body with 422 ("body is too long (maximum is 65536 characters)")."""
 _STATUS_MAP = {"removed": "deleted", "changed": "modified", "unchanged": "modified"}
 
 
@@ -860,7 +862,7 @@ class GitHubPullRequest:
 
     def _create_review(self, commit_sha: str, body: str, inline: Sequence[ReviewComment],
                        moved: Sequence[ReviewComment]) -> int:
-        full_body = body + _moved_section(moved)
+        full_body = review_body_with_moved(body, moved)
         params = {"commit_id": commit_sha, "body": full_body, "event": "COMMENT",
                   "comments": [c.to_api() for c in inline]}
         # Straight through the requester: PyGithub's create_review wants a fetched Commit object.
@@ -972,10 +974,43 @@ def _person(git_identity: dict[str, Any] | None, gh_user: dict[str, Any] | None)
                   login=(gh_user or {}).get("login"))
 
 
-def _moved_section(moved: Sequence[ReviewComment]) -> str:
+_MOVED_HEADER = "\n\n---\n**Findings that could not be anchored in the diff**\n"
+_CUT_NOTE = "\n\n_(summary cut to fit GitHub's size limit)_"
+
+
+def _moved_entry(c: ReviewComment) -> str:
+    return f"\n**`{c.path}` line {c.line}**\n\n{c.body}\n"
+
+
+def _left_out(n: int, limit: int) -> str:
+    return (f"\n\n_{n} more finding{'' if n == 1 else 's'} that could not be anchored in the diff "
+            f"{'was' if n == 1 else 'were'} left out: GitHub caps a review body at {limit:,} characters._\n")
+
+
+def review_body_with_moved(body: str, moved: Sequence[ReviewComment],
+                           limit: int = MAX_REVIEW_BODY_CHARS) -> str:
+    """``body`` followed by the findings that could not be anchored inline, never over ``limit``.
+
+    Findings go in best first while they fit; the rest are counted in one closing line (their
+    markers are not posted, so a later push may still comment on them). A body that would not
+    leave room for that line is cut at the end; ptbot writes its review marker first, so the
+    marker survives.
+    """
+    if limit < 200:
+        raise ValueError(f"limit must leave room for the notes ptbot adds, got {limit}")
+    tail = _left_out(len(moved), limit) if moved else ""
+    if len(body) + len(tail) > limit:
+        body = body[: limit - len(tail) - len(_CUT_NOTE)] + _CUT_NOTE
+        return body + tail
     if not moved:
-        return ""
-    parts = ["\n\n---\n**Findings that could not be anchored in the diff**\n"]
-    for c in moved:
-        parts.append(f"\n**`{c.path}` line {c.line}**\n\n{c.body}\n")
+        return body
+    parts, size = [body, _MOVED_HEADER], len(body) + len(_MOVED_HEADER)
+    for i, c in enumerate(moved):
+        entry = _moved_entry(c)
+        rest = len(moved) - i - 1
+        if size + len(entry) + (len(_left_out(rest, limit)) if rest else 0) > limit:
+            # Every earlier step left room for this note (the first check for i == 0).
+            return "".join(parts if i else [body]) + _left_out(len(moved) - i, limit)
+        parts.append(entry)
+        size += len(entry)
     return "".join(parts)

@@ -7,9 +7,9 @@ is rewritten to point here (PyGithub follows the ``url`` fields it is given).
 
 It behaves like GitHub where ptbot depends on it: App JWTs are verified (RS256, ``iss`` = App id)
 before an installation token is minted; a review whose comments include ONE anchor outside the
-PR's diff hunks is refused whole with 422; list endpoints answer ``If-None-Match`` with 304;
-failures (a secondary rate limit 403 with ``retry-after``, a 5xx) can be injected. Every request
-is recorded for assertions.
+PR's diff hunks, or whose body is over 65,536 characters, is refused whole with 422; list
+endpoints answer ``If-None-Match`` with 304; failures (a secondary rate limit 403 with
+``retry-after``, a 5xx) can be injected. Every request is recorded for assertions.
 """
 
 from __future__ import annotations
@@ -570,6 +570,10 @@ class FakeGitHub:
         if event in ("COMMENT", "REQUEST_CHANGES") and not data.get("body"):
             return self._json({"message": "Unprocessable Entity",
                                "errors": [f"Review body is required for {event}"]}, 422)
+        if len(data.get("body") or "") > 65536:
+            return self._json({"message": "Validation Failed", "errors": [
+                {"resource": "PullRequestReview", "code": "custom", "field": "body",
+                 "message": "body is too long (maximum is 65536 characters)"}]}, 422)
         files = {f.filename: f for f in pull.files}
         for c in data.get("comments") or []:
             error = self._anchor_error(files, c)

@@ -13,12 +13,14 @@ from github import GithubException
 
 from bot.config import Settings
 from bot.github import (
+    MAX_REVIEW_BODY_CHARS,
     GitHubApp,
     ReviewComment,
     RetryPolicy,
     anchor_error,
     marker_fingerprints,
     retry_delay,
+    review_body_with_moved,
 )
 
 HEAD = "a" * 40
@@ -196,6 +198,43 @@ def test_422_after_a_push_drops_the_bad_anchor_and_retries_once(api, fake_github
     (review,) = fake_github.reviews
     assert [c["line"] for c in fake_github.review_comments] == [12]
     assert "now outside" in review["body"]
+
+
+def test_a_review_body_with_every_finding_moved_stays_under_githubs_limit(api, fake_github):
+    """A summary near the renderer's cap, then a 422 that the fresh diff does not explain: every
+    comment moves into the body, which must still fit GitHub's 65,536 characters."""
+    body = "<!-- ptbot:fp=00000000000000ff -->\n" + "s" * 59_950
+    comments = [ReviewComment("src/app.py", 12 if i % 2 else 13,
+                              f"finding {i} " + "x" * 900 + f" <!-- ptbot:fp={i:016x} -->") for i in range(40)]
+    fake_github.fail_next("POST", r"/pulls/7/reviews$", 422)
+    posted = api.post_review(body, comments)
+    assert [r.status for r in fake_github.requests_to("POST", r"/pulls/7/reviews$")] == [422, 200]
+    (review,) = fake_github.reviews
+    assert posted.inline == () and len(posted.moved_to_body) == 40
+    assert MAX_REVIEW_BODY_CHARS - 1_000 < len(review["body"]) <= MAX_REVIEW_BODY_CHARS
+    assert review["body"].startswith(body) and "**Findings that could not be anchored in the diff**" in review["body"]
+    shown = marker_fingerprints(review["body"]) - {"00000000000000ff"}
+    assert shown == {f"{i:016x}" for i in range(len(shown))} and 0 < len(shown) < 40
+    assert f"_{40 - len(shown)} more findings that could not be anchored in the diff were left out" in review["body"]
+
+
+@pytest.mark.parametrize("body_chars, moved, kept", [
+    (100, 3, 3),        # everything fits
+    (65_000, 3, 0),     # no room for any finding: only the note that counts them
+    (70_000, 2, 0),     # the summary alone is too long: cut, the note still fits
+    (70_000, 0, 0),
+    (64_000, 200, 1),
+])
+def test_review_body_with_moved_never_exceeds_the_limit(body_chars, moved, kept):
+    body = "<!-- ptbot:fp=0000000000000001 -->" + "b" * body_chars
+    comments = [ReviewComment("a.py", i + 1, "y" * 700) for i in range(moved)]
+    out = review_body_with_moved(body, comments)
+    assert len(out) <= MAX_REVIEW_BODY_CHARS and out.startswith("<!-- ptbot:fp=0000000000000001 -->")
+    assert out.count("y" * 700) == kept
+    if moved > kept:
+        assert f"{moved - kept} more finding" in out
+    if len(body) > MAX_REVIEW_BODY_CHARS:
+        assert "summary cut to fit" in out
 
 
 def test_secondary_rate_limit_backoff_is_honoured(api, fake_github):
