@@ -126,6 +126,11 @@ class JobKey:
     def __str__(self) -> str:
         return f"{self.pull_request}@{self.head_sha}:{self.model_version}"
 
+    @property
+    def check_run_key(self) -> str:
+        """Where the ledger keeps this head's check run: one run per PR head, whatever the model."""
+        return f"{self.pull_request}@{self.head_sha}"
+
     def review_fingerprint(self) -> str:
         """The ``fp`` in the marker of the review posted for this key (16 hex digits)."""
         return hashlib.sha256(f"review\0{self}".encode()).hexdigest()[:16]
@@ -365,7 +370,11 @@ def prepare(job: Mapping[str, Any], api: PullRequestAPI, defaults: RepoConfig,
 
     api.pull(refresh=True)
     if api.head_sha != head:
-        return _superseded(key, api.head_sha)
+        outcome = _superseded(key, api.head_sha)
+        earlier_run = ledger.check_run(key.check_run_key)  # an earlier delivery got that far
+        if earlier_run is not None:
+            _complete_superseded(api, earlier_run, outcome)
+        return outcome
 
     try:
         config = api.repo_config(defaults)
@@ -380,7 +389,7 @@ def prepare(job: Mapping[str, Any], api: PullRequestAPI, defaults: RepoConfig,
     if job.get("draft") and not config.review_drafts:
         return Outcome("ignored", "draft pull request (set review_drafts = true in .ptbot.toml)")
 
-    run_key = f"{key.pull_request}@{head}"
+    run_key = key.check_run_key
     run_id = ledger.check_run(run_key)
     if run_id is None:
         run_id = api.create_check_run(head_sha=head, status="in_progress", conclusion=None,
@@ -434,6 +443,13 @@ def _prov(provenance: Mapping[tuple[str, int], LineProvenance], path: str, line:
 def _superseded(key: JobKey, current: str) -> Outcome:
     log.info("%s: superseded, the PR head is now %s", key, current[:12])
     return Outcome("superseded", f"the pull request head moved from {key.head_sha[:12]} to {current[:12]}")
+
+
+def _complete_superseded(api: PullRequestAPI, run_id: int, outcome: Outcome) -> None:
+    # Do not leave the old head's check spinning: the new head gets its own run.
+    api.update_check_run(run_id, status="completed", conclusion="neutral",
+                         title="ptbot: superseded by a newer push",
+                         summary=f"Not reviewed: {outcome.detail}.")
 
 
 def _human_only(key: JobKey, api: PullRequestAPI, run_id: int, out_of_scope: int,
@@ -520,10 +536,7 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
         if api.head_sha != key.head_sha:
             outcome = _superseded(key, api.head_sha)
             if prepared.check_run_id is not None:
-                # Do not leave the old head's check spinning: the new head gets its own run.
-                api.update_check_run(prepared.check_run_id, status="completed", conclusion="neutral",
-                                     title="ptbot: superseded by a newer push",
-                                     summary=f"Not reviewed: {outcome.detail}.")
+                _complete_superseded(api, prepared.check_run_id, outcome)
             return outcome
         texts = {r.path: r.text for r in prepared.requests}
         fps = line_fingerprints(report.lines, texts)
@@ -586,10 +599,73 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
 def run_review(job: Mapping[str, Any], api: PullRequestAPI, scorer: Scorer, renderer: Renderer,
                ledger: ReviewLedger, defaults: RepoConfig, *, owner: str | None = None,
                feedback: FeedbackSink | None = None) -> Outcome:
-    """All three stages in this process (``ptbot serve --eager`` and tests)."""
-    prepared = prepare(job, api, defaults, ledger, renderer, model_version=model_label(scorer.info))
-    if isinstance(prepared, Outcome):
-        return prepared
-    return publish(score(prepared, scorer), api, renderer, ledger,
-                   owner=owner or f"inline:{threading.get_ident()}:{time.monotonic_ns()}",
-                   feedback=feedback)
+    """All three stages in this process (``ptbot serve --eager`` and tests).
+
+    An exception in any stage completes the job's check run as a failure with the reason
+    (``fail_review``) and is raised again.
+    """
+    stage, run_id = "prepare", None
+    try:
+        prepared = prepare(job, api, defaults, ledger, renderer, model_version=model_label(scorer.info))
+        if isinstance(prepared, Outcome):
+            return prepared
+        stage, run_id = "score", prepared.check_run_id
+        scored = score(prepared, scorer)
+        stage = "publish"
+        return publish(scored, api, renderer, ledger,
+                       owner=owner or f"inline:{threading.get_ident()}:{time.monotonic_ns()}",
+                       feedback=feedback)
+    except Exception as e:
+        fail_review(job, api, ledger, stage, e, check_run_id=run_id)
+        raise
+
+
+# ----- failures -------------------------------------------------------------------------------
+
+FAILURE_TITLE = "ptbot: review failed"
+
+
+def failure_reason(stage: str, error: BaseException | str) -> str:
+    """One line for people: the stage and the error, without a traceback (the logs have it)."""
+    if isinstance(error, GithubException):
+        data = error.data if isinstance(error.data, dict) else {}
+        error = f"GitHub answered {error.status}" + (f" ({data['message']})" if data.get("message") else "")
+    elif isinstance(error, BaseException):
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        error = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    error = error if len(error) <= 500 else error[:499] + "…"
+    return f"{stage} failed: {error}"
+
+
+def fail_review(job: Mapping[str, Any], api: PullRequestAPI, ledger: ReviewLedger, stage: str,
+                error: BaseException | str, *, check_run_id: int | None = None) -> int | None:
+    """Complete a failed review job's check run as ``failure`` with the reason, so no exit of a
+    job leaves it ``in_progress``; returns the run's id, or None when there is none to complete.
+
+    The run is ``check_run_id``, else the one the ledger holds for the job's head, else (the job
+    failed before opening one) a new completed run. Jobs that are no review of one PR (a
+    ``closed`` event, a re-score not yet matched to its PR) have no run. Best effort: never
+    raises, as GitHub itself may be what failed.
+    """
+    if job.get("kind") not in REVIEW_KINDS or not job.get("number"):
+        return None
+    try:
+        key = job_key(job, "")
+    except (ValueError, TypeError):  # not a job this pipeline could have run
+        return None
+    reason = failure_reason(stage, error)
+    summary = (f"ptbot could not review this head: {reason}\n\nRe-run the check to try again.\n\n"
+               + marker(kind="check", sha=key.head_sha))
+    try:
+        run_id = check_run_id or ledger.check_run(key.check_run_key)
+        if run_id is None:
+            run_id = api.create_check_run(head_sha=key.head_sha, conclusion="failure",
+                                          title=FAILURE_TITLE, summary=summary)
+        else:
+            api.update_check_run(run_id, status="completed", conclusion="failure",
+                                 title=FAILURE_TITLE, summary=summary)
+    except Exception:
+        log.exception("%s: could not report the failure (%s) on its check run", key, reason)
+        return None
+    log.warning("%s: %s; check run %s completed as a failure", key, reason, run_id)
+    return run_id

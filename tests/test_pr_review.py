@@ -17,6 +17,7 @@ from fake_github import FakeFile
 from bot.config import Settings
 from bot.github import GitHubApp
 from bot.pr_review import (
+    FAILURE_TITLE,
     JobKey,
     MemoryLedger,
     Prepared,
@@ -297,6 +298,51 @@ def test_stage_payloads_survive_json(fake_github, app, scorer, renderer):
     assert Prepared.from_dict(json.loads(json.dumps(prepared.to_dict()))) == prepared
     scored = score(prepared, scorer)
     assert Scored.from_dict(json.loads(json.dumps(scored.to_dict()))) == scored
+
+
+class Boom(FakeScorer):
+    def score_many(self, requests, progress=False):
+        raise RuntimeError("CUDA out of memory\nTried to allocate 2.00 GiB")
+
+
+@pytest.mark.parametrize("stage, inject, reason", [
+    # GitHub refuses the PR itself: the job fails before it opened a check run.
+    ("prepare", lambda fake: fake.fail_next("GET", r"/pulls/7$", 403, body={"message": "Forbidden"}),
+     "prepare failed: GitHub answered 403 (Forbidden)"),
+    # A file read fails after the check run went in_progress.
+    ("prepare", lambda fake: fake.fail_next("GET", r"/contents/src/calc.py$", 403, body={"message": "nope"}),
+     "prepare failed: GitHub answered 403 (nope)"),
+    ("score", None, "score failed: RuntimeError: CUDA out of memory"),
+    # A 5xx on a write is not retried (the review may exist): the job fails.
+    ("publish", lambda fake: fake.fail_next("POST", r"/pulls/7/reviews$", 502), "publish failed: GitHub answered 502"),
+])
+def test_a_failing_stage_completes_the_check_run_with_the_reason(fake_github, app, scorer, renderer, stage,
+                                                                  inject, reason):
+    """``ptbot serve --eager`` runs ``run_review``: no exception leaves the check run in_progress."""
+    ai_pr(fake_github)
+    if inject:
+        inject(fake_github)
+    with pytest.raises(Exception):
+        review(app, Boom(RISKY) if stage == "score" else scorer, renderer)
+    (run,) = fake_github.check_runs.values()
+    assert (run["status"], run["conclusion"], run["head_sha"]) == ("completed", "failure", HEAD)
+    assert run["output"]["title"] == FAILURE_TITLE
+    assert reason in run["output"]["summary"] and "Re-run the check" in run["output"]["summary"]
+    assert "Tried to allocate" not in run["output"]["summary"]  # one line, no traceback
+    assert fake_github.reviews == []
+
+
+def test_a_push_before_a_redelivery_completes_the_run_an_earlier_delivery_opened(fake_github, app, scorer,
+                                                                                renderer):
+    ai_pr(fake_github)
+    ledger = MemoryLedger()
+    api = app.pull_request(TEST_INSTALLATION_ID, "octo", "shop", 7)
+    assert isinstance(prepare(job(), api, Settings().repo_defaults, ledger, renderer), Prepared)
+    # The worker died after prepare; the PR moved on before the job came round again.
+    fake_github.repos["octo/shop"].pulls[7].head_sha = HEAD2
+    assert review(app, scorer, renderer, ledger).status == "superseded"
+    (run,) = fake_github.check_runs.values()
+    assert (run["status"], run["output"]["title"]) == ("completed", "ptbot: superseded by a newer push")
 
 
 def test_job_key():

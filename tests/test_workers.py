@@ -12,7 +12,8 @@ from conftest import AI_TRAILER, TEST_APP_ID, TEST_INSTALLATION_ID, FakeScorer, 
 from analyzer.artifact import write_manifest
 from bot.config import Settings
 from bot.github import GitHubApp, RetryPolicy
-from bot.pr_review import MemoryLedger, RedisLedger
+from bot.pr_review import MemoryLedger, RedisLedger, prepare, score
+from bot.render import Renderer
 from bot.webhook import MemoryDeliveryDeduper, create_app, signature_for
 from workers.celery_app import (
     PUBLISH_TASK,
@@ -141,6 +142,69 @@ def test_serve_eager_reviews_in_process(fake_github, app_private_key):
         assert [o.status for o in queue.outcomes] == ["posted"]
         (comment,) = fake_github.review_comments
         assert comment["line"] == 2 and "90%" in comment["body"]
+    finally:
+        queue.close()
+
+
+class FailingScorer(FakeScorer):
+    def score_many(self, requests, progress=False):
+        raise RuntimeError("the GPU fell off the bus")
+
+
+@pytest.mark.parametrize("stage", ["prepare", "score", "publish"])
+def test_a_failing_queued_stage_completes_the_check_run(fake_github, app_private_key, stage):
+    """Each Celery stage that raises completes the job's check run as a failure, with the reason."""
+    settings = Settings(app_id=str(TEST_APP_ID), private_key=app_private_key, github_api_url=fake_github.base_url,
+                        seconds_between_writes=0.0)
+    ledger = MemoryLedger()
+    runtime = WorkerRuntime(
+        settings, scorer_factory=lambda: FailingScorer(), ledger_factory=lambda: ledger,
+        model_version="fake-model@test-1",
+        github_factory=lambda: GitHubApp.from_settings(settings, retry=RetryPolicy(max_attempts=2, jitter=0.0)))
+    app = make_celery(settings, WorkerConfig(), runtime)
+    head = "a" * 40
+    put_pull_request(fake_github, 7, head, [("c" * 40, f"Add\n\n{AI_TRAILER}", {"src/calc.py": AI_CALC})])
+    job = {"event": "pull_request", "action": "opened", "kind": "review", "installation_id": TEST_INSTALLATION_ID,
+           "owner": "octo", "repo": "shop", "number": 7, "head_sha": head, "delivery": "d"}
+    if stage == "prepare":
+        fake_github.fail_next("GET", r"/contents/src/calc.py$", 403, body={"message": "Resource not accessible"})
+        result = app.tasks[REVIEW_TASK].apply(args=[job])
+        reason = "prepare failed: GitHub answered 403 (Resource not accessible)"
+    else:
+        prepared = prepare(job, runtime.pull_request(job), settings.repo_defaults, ledger, Renderer())
+        if stage == "score":
+            result = app.tasks[SCORE_TASK].apply(args=[prepared.to_dict()])
+            reason = "score failed: RuntimeError: the GPU fell off the bus"
+        else:
+            fake_github.fail_next("POST", r"/pulls/7/reviews$", 502)
+            scored = score(prepared, FakeScorer({"RISK-A": 0.9}))
+            result = app.tasks[PUBLISH_TASK].apply(args=[scored.to_dict()])
+            reason = "publish failed: GitHub answered 502"
+    assert result.failed()
+    (run,) = fake_github.check_runs.values()
+    assert (run["status"], run["conclusion"], run["output"]["title"]) == ("completed", "failure",
+                                                                          "ptbot: review failed")
+    assert reason in run["output"]["summary"]
+
+
+def test_a_failing_eager_job_completes_its_check_run_and_the_queue_goes_on(fake_github, app_private_key):
+    settings = Settings(app_id=str(TEST_APP_ID), private_key=app_private_key, github_api_url=fake_github.base_url,
+                        seconds_between_writes=0.0)
+    runtime = eager_runtime(settings, scorer_factory=FailingScorer,
+                            github_factory=lambda: GitHubApp.from_settings(settings, retry=RetryPolicy(jitter=0.0)))
+    queue = InProcessQueue(runtime)
+    put_pull_request(fake_github, 7, "a" * 40, [("c" * 40, f"Add\n\n{AI_TRAILER}", {"src/calc.py": AI_CALC})])
+    put_pull_request(fake_github, 8, "b" * 40, [("d" * 40, "Add", {"src/util.py": "x = 1\n"})])  # human-only
+    job = {"event": "pull_request", "action": "opened", "kind": "review", "installation_id": TEST_INSTALLATION_ID,
+           "owner": "octo", "repo": "shop", "number": 7, "head_sha": "a" * 40}
+    try:
+        queue(job)
+        queue(dict(job, number=8, head_sha="b" * 40))
+        queue.join()
+        runs = {r["head_sha"]: r for r in fake_github.check_runs.values()}
+        assert (runs["a" * 40]["status"], runs["a" * 40]["conclusion"]) == ("completed", "failure")
+        assert "score failed: RuntimeError: the GPU fell off the bus" in runs["a" * 40]["output"]["summary"]
+        assert [o.status for o in queue.outcomes] == ["human_only"]  # the next job still ran
     finally:
         queue.close()
 

@@ -29,6 +29,7 @@ from bot.pr_review import (
     RedisLedger,
     ReviewLedger,
     Scored,
+    fail_review,
     prepare,
     publish,
     run_review,
@@ -258,20 +259,19 @@ def count_delivery(ledger: ReviewLedger, task_id: str, name: str, cap: int) -> i
     return n
 
 
-def give_up(runtime: WorkerRuntime, prepared: dict[str, Any], why: str) -> None:
-    """Complete the job's check run with the failure, so it does not spin "in progress" forever.
-
-    Best effort: the task is failing anyway, and GitHub may be the reason.
-    """
-    run_id = prepared.get("check_run_id")
-    if not run_id:
-        return
+def give_up(runtime: WorkerRuntime, job: dict[str, Any], stage: str, error: BaseException | str,
+            check_run_id: int | None = None) -> None:
+    """Complete the job's check run as a failure with the reason (``bot.pr_review.fail_review``),
+    so it does not spin "in progress" forever. Best effort: the task is failing anyway, and
+    GitHub may be the reason."""
     try:
-        runtime.pull_request(prepared["job"]).update_check_run(
-            int(run_id), status="completed", conclusion="neutral", title="ptbot: review failed",
-            summary=f"ptbot could not review this head: {why}\n\nRe-run the check to try again.")
+        api = runtime.pull_request(job)
+        ledger = runtime.ledger()
     except Exception:
-        log.exception("could not report the failure on check run %s", run_id)
+        log.exception("could not report the failure of %s/%s#%s", job.get("owner"), job.get("repo"),
+                      job.get("number"))
+        return
+    fail_review(job, api, ledger, stage, error, check_run_id=check_run_id)
 
 
 def register_tasks(app: Any, runtime: WorkerRuntime, *, cpu_queue: str, gpu_queue: str,
@@ -280,7 +280,13 @@ def register_tasks(app: Any, runtime: WorkerRuntime, *, cpu_queue: str, gpu_queu
 
     @app.task(bind=True, shared=False, name=REVIEW_TASK)
     def review_task(self: Any, raw: dict[str, Any]) -> dict[str, Any]:
-        count_delivery(runtime.ledger(), self.request.id, REVIEW_TASK, max_deliveries)
+        try:
+            count_delivery(runtime.ledger(), self.request.id, REVIEW_TASK, max_deliveries)
+        except PoisonJob as e:
+            typed = read_task_job(raw, REVIEW_TASK)
+            if typed is not None:
+                give_up(runtime, typed, "prepare", e)
+            raise
         job = read_task_job(raw, REVIEW_TASK)
         if job is None:
             return {"status": "invalid_job"}
@@ -290,9 +296,13 @@ def register_tasks(app: Any, runtime: WorkerRuntime, *, cpu_queue: str, gpu_queu
         if jobs != [job]:  # a re-score of several PRs (one task each), or nothing to review
             ids = [self.app.send_task(REVIEW_TASK, args=[j.to_json()], queue=cpu_queue).id for j in jobs]
             return {"status": "fanned_out" if ids else "ignored", "tasks": ids}
-        result = prepare(job, runtime.pull_request(job), runtime.settings.repo_defaults,
-                         runtime.ledger(), runtime.renderer(),
-                         model_version=runtime.model_version(job_repository(job)))
+        try:
+            result = prepare(job, runtime.pull_request(job), runtime.settings.repo_defaults,
+                             runtime.ledger(), runtime.renderer(),
+                             model_version=runtime.model_version(job_repository(job)))
+        except Exception as e:
+            give_up(runtime, job, "prepare", e)
+            raise
         if isinstance(result, Outcome):
             log.info("review of %s/%s#%s: %s (%s)", job.get("owner"), job.get("repo"),
                      job.get("number"), result.status, result.detail)
@@ -304,25 +314,26 @@ def register_tasks(app: Any, runtime: WorkerRuntime, *, cpu_queue: str, gpu_queu
     def score_task(self: Any, prepared: dict[str, Any]) -> dict[str, Any]:
         try:
             count_delivery(runtime.ledger(), self.request.id, SCORE_TASK, max_deliveries)
-        except PoisonJob as e:
-            give_up(runtime, prepared, str(e))
+            scored = score(Prepared.from_dict(prepared), runtime.scorer(job_repository(prepared["job"])))
+        except Exception as e:
+            give_up(runtime, prepared["job"], "score", e, prepared.get("check_run_id"))
             raise
-        scored = score(Prepared.from_dict(prepared), runtime.scorer(job_repository(prepared["job"])))
         sent = self.app.send_task(PUBLISH_TASK, args=[scored.to_dict()], queue=cpu_queue)
         return {"status": "publishing", "task": sent.id, "scored": scored.scored}
 
     @app.task(bind=True, shared=False, name=PUBLISH_TASK)
     def publish_task(self: Any, scored: dict[str, Any]) -> dict[str, Any]:
+        prepared = scored["prepared"]
         try:
             count_delivery(runtime.ledger(), self.request.id, PUBLISH_TASK, max_deliveries)
-        except PoisonJob as e:
-            give_up(runtime, scored["prepared"], str(e))
+            s = Scored.from_dict(scored)
+            # The owner is the task id: a redelivery of this very task may take over its own lock.
+            outcome = publish(s, runtime.pull_request(s.prepared.job), runtime.renderer(), runtime.ledger(),
+                              owner=self.request.id, lock_seconds=lock_seconds,
+                              feedback=feedback_sink(runtime))
+        except Exception as e:
+            give_up(runtime, prepared["job"], "publish", e, prepared.get("check_run_id"))
             raise
-        s = Scored.from_dict(scored)
-        # The owner is the task id: a redelivery of this very task may take over its own lock.
-        outcome = publish(s, runtime.pull_request(s.prepared.job), runtime.renderer(), runtime.ledger(),
-                          owner=self.request.id, lock_seconds=lock_seconds,
-                          feedback=feedback_sink(runtime))
         return outcome.to_dict()
 
     return {REVIEW_TASK: review_task, SCORE_TASK: score_task, PUBLISH_TASK: publish_task}
