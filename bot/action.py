@@ -31,6 +31,7 @@ from typing import Any, TextIO
 from github import GithubException
 
 from analyzer.types import LineScore, Report
+from bot import budget
 from bot.config import DEFAULT_GITHUB_API_URL, RepoConfig, Settings
 from bot.events import PR_ACTIONS
 from bot.github import GitHubApp, GitHubToken, PostedReview, ReviewComment
@@ -98,7 +99,8 @@ class ActionSettings:
     top_k: int | None = None
     """Inline comments per review over ``.ptbot.toml`` (``INPUT_TOP_K``); None keeps the repo's."""
     min_probability: float | None = None
-    """Comment threshold over ``.ptbot.toml`` (``INPUT_MIN_PROBABILITY``); None keeps the repo's."""
+    """Absolute comment floor over ``.ptbot.toml`` (``INPUT_MIN_PROBABILITY``), on top of the lift
+    rule; None keeps the repo's."""
     model: str = ""
     """Model directory (``INPUT_MODEL``); empty: ``PTBOT_MODEL`` or the built-in model."""
 
@@ -395,7 +397,8 @@ def run_action(settings: ActionSettings, load_scorer: Callable[[], Scorer], *,
 
     sarif_path = None
     if "sarif" in settings.outputs:
-        shown = tuple(ln for ln in report.lines if ln.probability >= policy.min_probability)
+        flags = budget.stands_out(policy, [ln.probability for ln in report.lines])
+        shown = tuple(ln for ln, flagged in zip(report.lines, flags) if flagged)
         doc = sarif_log(Report(report.model, shown, report.skipped), files=texts)
         settings.sarif_file.parent.mkdir(parents=True, exist_ok=True)
         settings.sarif_file.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -37,9 +37,25 @@ class RepoConfig:
     mode: Mode = "ai-only"
     """``ai-only``: score only added lines attributed to an AI author; ``all``: every added line."""
     top_k: int = 5
-    """At most this many inline comments per review (the rest go to the summary table)."""
-    min_probability: float = 0.5
-    """Only lines whose calibrated probability of needing an edit is at least this get a comment."""
+    """At most this many inline comments per review, however large the change (the rest of the
+    ranking goes to the summary table)."""
+    lines_per_comment: int = 4
+    """The comment budget grows with the change: one inline comment per this many scored lines
+    (rounded up, so any scored change earns one), up to ``top_k``. Provisional default."""
+    min_lift: float = 1.5
+    """A line gets a comment only if its probability is at least this multiple of the change's own
+    base rate (the mean probability of its other scored lines, with the prior below): it must
+    stand out from the change, not pass a fixed bar. 0 turns the rule off. Provisional default."""
+    base_rate_prior: float = 0.1
+    """The probability the base rate starts from: ``base_rate_prior_lines`` lines at this
+    probability are counted with the change's other scored lines, so a change of one or two
+    lines has a sensible base rate instead of being compared with itself. Provisional default."""
+    base_rate_prior_lines: int = 4
+    """How many lines the prior weighs as (0: the change's own lines alone). Provisional default."""
+    min_probability: float = 0.0
+    """An absolute floor as well: only lines whose calibrated probability of needing an edit is at
+    least this get a comment. 0 (the default) leaves it to ``min_lift``; calibrated probabilities
+    are small by nature (few lines of a change are wrong), so a high floor means silence."""
     per_file_cap: int = 3
     """At most this many inline comments on any one file, so one noisy file cannot take them all."""
     include: tuple[str, ...] = ()
@@ -63,6 +79,19 @@ class RepoConfig:
         if isinstance(self.min_probability, bool) or not isinstance(self.min_probability, (int, float)) \
                 or not 0.0 <= float(self.min_probability) <= 1.0:
             raise ValueError(f"min_probability must be a number from 0 to 1, got {self.min_probability!r}")
+        if not isinstance(self.lines_per_comment, int) or isinstance(self.lines_per_comment, bool) \
+                or self.lines_per_comment < 1:
+            raise ValueError(f"lines_per_comment must be a positive integer, got {self.lines_per_comment!r}")
+        if isinstance(self.min_lift, bool) or not isinstance(self.min_lift, (int, float)) \
+                or not 0.0 <= float(self.min_lift) <= 100.0:
+            raise ValueError(f"min_lift must be a number from 0 (off) to 100, got {self.min_lift!r}")
+        if isinstance(self.base_rate_prior, bool) or not isinstance(self.base_rate_prior, (int, float)) \
+                or not 0.0 <= float(self.base_rate_prior) <= 1.0:
+            raise ValueError(f"base_rate_prior must be a number from 0 to 1, got {self.base_rate_prior!r}")
+        if not isinstance(self.base_rate_prior_lines, int) or isinstance(self.base_rate_prior_lines, bool) \
+                or self.base_rate_prior_lines < 0:
+            raise ValueError("base_rate_prior_lines must be an integer >= 0, "
+                             f"got {self.base_rate_prior_lines!r}")
         unknown = sorted(set(self.languages) - LANGUAGES)
         if unknown:
             raise ValueError(f"unknown language(s) {', '.join(unknown)}; "
@@ -157,7 +186,9 @@ class Settings:
     """Accept draft PR events at all (``PTBOT_REVIEW_DRAFTS``); repos still opt in via .ptbot.toml."""
     repo_defaults: RepoConfig = RepoConfig()
     """Policy for repositories without ``.ptbot.toml`` (``PTBOT_MODE``, ``PTBOT_TOP_K``,
-    ``PTBOT_MIN_PROBABILITY``, ``PTBOT_PER_FILE_CAP``, ``PTBOT_AI_LABELS`` comma-separated)."""
+    ``PTBOT_LINES_PER_COMMENT``, ``PTBOT_MIN_LIFT``, ``PTBOT_BASE_RATE_PRIOR``,
+    ``PTBOT_BASE_RATE_PRIOR_LINES``, ``PTBOT_MIN_PROBABILITY``, ``PTBOT_PER_FILE_CAP``,
+    ``PTBOT_AI_LABELS`` comma-separated)."""
 
     def __post_init__(self) -> None:
         if self.app_id and not self.app_id.strip().isdigit():
@@ -226,6 +257,15 @@ class Settings:
             policy["top_k"] = _parse_int("PTBOT_TOP_K", env["PTBOT_TOP_K"])
         if "PTBOT_PER_FILE_CAP" in env:
             policy["per_file_cap"] = _parse_int("PTBOT_PER_FILE_CAP", env["PTBOT_PER_FILE_CAP"])
+        if "PTBOT_LINES_PER_COMMENT" in env:
+            policy["lines_per_comment"] = _parse_int("PTBOT_LINES_PER_COMMENT", env["PTBOT_LINES_PER_COMMENT"])
+        if "PTBOT_MIN_LIFT" in env:
+            policy["min_lift"] = _parse_float("PTBOT_MIN_LIFT", env["PTBOT_MIN_LIFT"])
+        if "PTBOT_BASE_RATE_PRIOR" in env:
+            policy["base_rate_prior"] = _parse_float("PTBOT_BASE_RATE_PRIOR", env["PTBOT_BASE_RATE_PRIOR"])
+        if "PTBOT_BASE_RATE_PRIOR_LINES" in env:
+            policy["base_rate_prior_lines"] = _parse_int("PTBOT_BASE_RATE_PRIOR_LINES",
+                                                         env["PTBOT_BASE_RATE_PRIOR_LINES"])
         if "PTBOT_MIN_PROBABILITY" in env:
             policy["min_probability"] = _parse_float("PTBOT_MIN_PROBABILITY", env["PTBOT_MIN_PROBABILITY"])
         if "PTBOT_AI_LABELS" in env:

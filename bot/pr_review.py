@@ -8,8 +8,9 @@ Three stages, so the expensive one can run on a GPU worker while GitHub I/O stay
    decide which are AI-authored, and plan score requests (whole file text at the head SHA).
 2. ``score``: the scorer ranks the planned lines (``bot.review.rank_report``).
 3. ``publish``: under a lock on the job key, skip what was already posted (content fingerprints
-   in ptbot's own comments, and the review's own marker), pick at most ``top_k`` lines above
-   ``min_probability`` with at most ``per_file_cap`` per file, post ONE ``COMMENT`` review,
+   in ptbot's own comments, and the review's own marker), pick the lines the comment budget
+   allows (``bot.budget``: lines that stand out from the change's own base rate, as many as its
+   size earns, at most ``per_file_cap`` per file), post ONE ``COMMENT`` review,
    complete the neutral check run with the same summary, then resolve ptbot's stale threads and
    minimise its replaced summaries from earlier heads (``bot.cleanup``; never deletes).
 
@@ -33,6 +34,7 @@ from github import GithubException
 
 from analyzer.languages import language_for_path
 from analyzer.types import FileDiff, LineScore, Report, ScoreRequest, Skipped
+from bot import budget
 from bot.cleanup import ReviewSummary, ReviewThread, clean_up
 from bot.config import RepoConfig
 from bot.github import PostedReview, ReviewComment
@@ -289,10 +291,17 @@ class Policy:
     top_k: int
     min_probability: float
     per_file_cap: int
+    # Defaulted, so a job planned by a worker that predates them still publishes.
+    lines_per_comment: int = RepoConfig.lines_per_comment
+    min_lift: float = RepoConfig.min_lift
+    base_rate_prior: float = RepoConfig.base_rate_prior
+    base_rate_prior_lines: int = RepoConfig.base_rate_prior_lines
 
     @classmethod
     def of(cls, config: RepoConfig) -> Policy:
-        return cls(config.mode, config.top_k, float(config.min_probability), config.per_file_cap)
+        return cls(config.mode, config.top_k, float(config.min_probability), config.per_file_cap,
+                   config.lines_per_comment, float(config.min_lift), float(config.base_rate_prior),
+                   config.base_rate_prior_lines)
 
 
 @dataclass(frozen=True)
@@ -486,30 +495,23 @@ def score(prepared: Prepared, scorer: Scorer) -> Scored:
 
 def select_lines(report: Report, policy: Policy, already_posted: set[str],
                  fingerprints: Mapping[tuple[str, int], str]) -> list[LineScore]:
-    """The lines that get an inline comment: best first, above ``min_probability``, at most
-    ``per_file_cap`` per file and ``top_k`` in all, skipping lines already commented on."""
-    chosen: list[LineScore] = []
-    per_file: dict[str, int] = {}
-    for ln in sorted(report.lines, key=lambda x: x.rank):
-        if len(chosen) >= policy.top_k or ln.probability < policy.min_probability:
-            break
-        if per_file.get(ln.path, 0) >= policy.per_file_cap:
-            continue
-        # A line already commented on still uses its file's share, so re-pushes do not let a
-        # noisy file fill up with lower-ranked lines.
-        per_file[ln.path] = per_file.get(ln.path, 0) + 1
-        if fingerprints[(ln.path, ln.line)] in already_posted:
-            continue
-        chosen.append(ln)
-    return chosen
+    """The lines that get an inline comment under the comment budget (``bot.budget``): best
+    first, standing out from the change's own base rate, as many as the change's size earns and
+    at most ``per_file_cap`` per file, skipping lines already commented on."""
+    ranked = sorted(report.lines, key=lambda x: x.rank)
+    picked = budget.choose(policy, [(ln.path, ln.probability) for ln in ranked],
+                           lambda i: fingerprints[(ranked[i].path, ranked[i].line)] in already_posted)
+    return [ranked[i] for i in picked]
 
 
 def current_flags(report: Report, policy: Policy, fingerprints: Mapping[tuple[str, int], str]) -> set[str]:
-    """Fingerprints of the lines ptbot still flags on this head: every scored line at or above
-    ``min_probability``. The ``top_k`` and per-file budgets are left out on purpose: a finding
-    pushed out of the budget by newer, riskier ones is not fixed, so its thread stays open."""
-    return {fingerprints[(ln.path, ln.line)] for ln in report.lines
-            if ln.probability >= policy.min_probability and (ln.path, ln.line) in fingerprints}
+    """Fingerprints of the lines ptbot still flags on this head: every scored line that stands out
+    from the change (``bot.budget.stands_out``). The size budget and per-file cap are left out on
+    purpose: a finding pushed out of the budget by newer, riskier ones is not fixed, so its thread
+    stays open."""
+    out = budget.stands_out(policy, [ln.probability for ln in report.lines])
+    return {fingerprints[(ln.path, ln.line)] for ln, flagged in zip(report.lines, out)
+            if flagged and (ln.path, ln.line) in fingerprints}
 
 
 def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: ReviewLedger, *,
@@ -551,6 +553,7 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
                             skipped=report.skipped,
                             scope="AI-authored" if policy.mode == "ai-only" else "added",
                             out_of_scope=prepared.out_of_scope)
+        rule = budget.rule_sentence(policy, [ln.probability for ln in report.lines]) if report.lines else None
         review_id = None
         inline = moved = 0
         posted_lines: list[tuple[str, int]] = []
@@ -565,7 +568,7 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
                     fps[(ln.path, ln.line)], model_version=version, head_sha=key.head_sha))
                     for ln in chosen]
                 body = (marker(fp=review_fp) + "\n" +
-                        renderer.review_body(report, coverage, version, head_sha=key.head_sha))
+                        renderer.review_body(report, coverage, version, head_sha=key.head_sha, rule=rule))
                 result = api.post_review(body, comments, commit_sha=key.head_sha)
                 review_id, inline, moved = result.review_id, len(result.inline), len(result.moved_to_body)
                 posted_lines = [(c.path, c.line) for c in result.inline]
@@ -573,7 +576,7 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
             else:
                 # Nothing new to say: the check run alone carries the summary (no review spam).
                 status = "check_only" if report.lines else "nothing_to_score"
-        check = renderer.check_summary(report, coverage, version, head_sha=key.head_sha)
+        check = renderer.check_summary(report, coverage, version, head_sha=key.head_sha, rule=rule)
         run_id = prepared.check_run_id
         if run_id is None:
             run_id = api.create_check_run(head_sha=key.head_sha, conclusion="neutral",

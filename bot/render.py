@@ -265,10 +265,12 @@ class Renderer:
         *,
         head_sha: str | None = None,
         max_rows: int = 10,
+        rule: str | None = None,
     ) -> str:
-        """Review body (also the markdown report): ranked table, coverage, model, feedback hint."""
+        """Review body (also the markdown report): ranked table, coverage, the comment rule in
+        one sentence (``rule``, when there is one), model, feedback hint."""
         return self._capped("review_summary.md.j2", report, coverage, model_version,
-                            marker(kind="review", model=model_version, sha=head_sha), max_rows)
+                            marker(kind="review", model=model_version, sha=head_sha), max_rows, rule)
 
     def check_summary(
         self,
@@ -278,8 +280,10 @@ class Renderer:
         *,
         head_sha: str | None = None,
         max_rows: int = 10,
+        rule: str | None = None,
     ) -> CheckOutput:
-        """Title and summary of the neutral check run; carries the same table as the review."""
+        """Title and summary of the neutral check run; carries the same table (and ``rule``) as
+        the review."""
         n = len(report.lines)
         top = max((ln.probability for ln in report.lines), default=None)
         high = sum(1 for ln in report.lines if risk_band(ln.probability) == "high")
@@ -289,7 +293,7 @@ class Renderer:
             title = (f"ptbot: {n} line{_s(n)} ranked, {high} high risk, "
                      f"top {pct(top)}")
         summary = self._capped("check_summary.md.j2", report, coverage, model_version,
-                               marker(kind="check", model=model_version, sha=head_sha), max_rows)
+                               marker(kind="check", model=model_version, sha=head_sha), max_rows, rule)
         return CheckOutput(title=title, summary=summary)
 
     def html_report(
@@ -322,7 +326,7 @@ class Renderer:
         return self.render("report.html.j2", report=report, ranked=ranked, files=views, ids=ids)
 
     def _capped(self, name: str, report: Report, coverage: Coverage, model_version: str,
-                mark: str, max_rows: int) -> str:
+                mark: str, max_rows: int, rule: str | None = None) -> str:
         """Render, dropping table rows until the body fits GitHub's size limit."""
         if max_rows < 0:
             raise ValueError(f"max_rows must be >= 0, got {max_rows}")
@@ -330,7 +334,7 @@ class Renderer:
         rows = min(max_rows, len(ranked))
         while True:
             body = self.render(name, ranked=ranked[:rows], total=len(ranked), coverage=coverage,
-                               model=report.model, model_version=model_version, marker=mark)
+                               model=report.model, model_version=model_version, marker=mark, rule=rule)
             if len(body) <= MAX_BODY_CHARS or rows == 0:
                 return body
             rows //= 2

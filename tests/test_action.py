@@ -161,14 +161,16 @@ def test_other_errors_while_posting_are_not_mistaken_for_a_read_only_token(gh, t
 
 
 def test_sarif_validates_and_shares_the_review_fingerprints(gh, tmp_path, sarif_validator):
-    result, _ = run(settings_for(gh, tmp_path, min_probability=0.25))
+    result, _ = run(settings_for(gh, tmp_path, min_probability=0.25, top_k=1))
 
     doc = json.loads(result.sarif_file.read_text())
     errors = sorted(sarif_validator.iter_errors(doc), key=str)
     assert not errors, "\n".join(e.message for e in errors[:5])
     results = doc["runs"][0]["results"]
-    # Every line at or above min-probability (here all three), not only the commented ones.
-    assert [r["locations"][0]["physicalLocation"]["region"]["startLine"] for r in results] == [4, 5, 8]
+    # Every line ptbot flags, not only the one commented on: at or above min-probability and
+    # standing out from the change (RISK-C's 30% is under 1.5x the rest of the change's 25%).
+    assert [c["line"] for c in gh.review_comments] == [4]
+    assert [r["locations"][0]["physicalLocation"]["region"]["startLine"] for r in results] == [4, 5]
     assert {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in results} == {"src/calc.py"}
     # The same content fingerprints as the review's markers, so both surfaces name a line alike.
     posted = {(c["line"], parse_marker(c["body"])["fp"]) for c in gh.review_comments}
@@ -379,6 +381,8 @@ def test_an_invalid_ptbot_toml_is_a_visible_warning_not_a_failure(gh, tmp_path):
 
 def test_cli_action_with_a_real_model_posts_a_review(gh, tmp_path, tiny_artifact_dir, sarif_validator):
     """The whole command: the lazily loaded RiskScorer (tiny trained model), the real payload."""
+    # No floor and no lift rule (the latter from .ptbot.toml: the action has no input for it).
+    gh.repos[REPO].contents[("main", ".ptbot.toml")] = "min_lift = 0\n"
     env = action_env(gh, tmp_path, OPENED, INPUT_MODEL=str(tiny_artifact_dir), INPUT_MIN_PROBABILITY="0",
                      INPUT_TOP_K="2", PTBOT_CACHE_DIR=str(tmp_path / "cache"), PTBOT_DEVICE="cpu")
     res = CliRunner().invoke(cli, ["action"], env=env)
@@ -389,4 +393,4 @@ def test_cli_action_with_a_real_model_posts_a_review(gh, tmp_path, tiny_artifact
     assert outputs["flagged-lines"] == "2" and outputs["sarif-file"] == str(tmp_path / "ptbot.sarif")
     doc = json.loads(Path(outputs["sarif-file"]).read_text())
     sarif_validator.validate(doc)
-    assert len(doc["runs"][0]["results"]) == 7  # every scored line: min-probability is 0
+    assert len(doc["runs"][0]["results"]) == 7  # every scored line: no floor, no lift rule

@@ -54,8 +54,9 @@ def test_a_git_ai_note_alone_puts_its_lines_in_scope(fake_github, app):
     assert outcome.status == "posted"
     (req,) = scorer.calls[0]
     assert (req.path, req.lines) == ("src/calc.py", frozenset({4, 5}))
+    # Both noted lines are scored; of two, only the one standing out from the other gets a comment.
     comments = sorted(fake_github.review_comments, key=lambda c: c["line"])
-    assert [(c["path"], c["line"]) for c in comments] == [("src/calc.py", 4), ("src/calc.py", 5)]
+    assert [(c["path"], c["line"]) for c in comments] == [("src/calc.py", 4)]
     assert f"git-ai note (tool={TOOL}, model={MODEL}) in {C1[:7]}" in comments[0]["body"]
     assert "scored 2 of 2 AI-authored lines (5 other added lines not in scope)" in fake_github.reviews[0]["body"]
     # One walk: ref -> notes commit -> tree -> the one note blob; C2 has no note.

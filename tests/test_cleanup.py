@@ -125,7 +125,9 @@ def test_current_flags_ignore_the_inline_budget_but_not_the_threshold():
     report = Report(ModelInfo("m", "s", 1, "1"), lines)
     fps = {("a.py", n): f"fp{n}" for n in (1, 2, 3)}
     # top_k = 1: line 2 gets no new comment, but its open thread is not stale either.
-    assert current_flags(report, Policy("ai-only", 1, 0.5, 3), fps) == {"fp1", "fp2"}
+    assert current_flags(report, Policy("ai-only", 1, 0.5, 3, min_lift=0), fps) == {"fp1", "fp2"}
+    # The lift rule is part of the threshold: at a lift of 3, 0.6 does not stand out of the rest.
+    assert current_flags(report, Policy("ai-only", 1, 0.0, 3, min_lift=3), fps) == {"fp1"}
 
 
 def test_graphql_url_for_github_and_enterprise():

@@ -31,6 +31,8 @@ def test_every_variable_is_read(tmp_path):
         "PTBOT_SECONDS_BETWEEN_WRITES": "0", "PTBOT_REVIEW_DRAFTS": "yes",
         "PTBOT_MODE": "all", "PTBOT_TOP_K": "3", "PTBOT_MIN_PROBABILITY": "0.7",
         "PTBOT_PER_FILE_CAP": "2", "PTBOT_AI_LABELS": "bot-pr, ai", "HOME": "/ignored",
+        "PTBOT_LINES_PER_COMMENT": "10", "PTBOT_MIN_LIFT": "2.5", "PTBOT_BASE_RATE_PRIOR": "0.05",
+        "PTBOT_BASE_RATE_PRIOR_LINES": "0",
     }
     s = Settings.from_env(env)
     assert s.app_id == "12345" and s.private_key == PEM  # literal \n turned into newlines
@@ -39,7 +41,8 @@ def test_every_variable_is_read(tmp_path):
         "redis://cache:6379/2", "postgresql+psycopg://db/ptbot", "/models/ptbot-v1", "cuda:1")
     assert s.seconds_between_writes == 0.0 and s.review_drafts is True
     assert s.repo_defaults == RepoConfig(mode="all", top_k=3, min_probability=0.7, per_file_cap=2,
-                                         ai_labels=("bot-pr", "ai"))
+                                         ai_labels=("bot-pr", "ai"), lines_per_comment=10, min_lift=2.5,
+                                         base_rate_prior=0.05, base_rate_prior_lines=0)
     s.require_app()
 
 
@@ -102,6 +105,12 @@ def test_repo_config_path_filter():
     ("top_k = true", "top_k must be an integer"),
     ("min_probability = 1.5", "min_probability must be a number from 0 to 1"),
     ("per_file_cap = 0", "per_file_cap must be a positive integer"),
+    ("lines_per_comment = 0", "lines_per_comment must be a positive integer"),
+    ("lines_per_comment = 2.5", "lines_per_comment must be a positive integer"),
+    ("min_lift = -1", "min_lift must be a number from 0"),
+    ("min_lift = 'high'", "min_lift must be a number from 0"),
+    ("base_rate_prior = 2", "base_rate_prior must be a number from 0 to 1"),
+    ("base_rate_prior_lines = -1", "base_rate_prior_lines must be an integer >= 0"),
     ("languages = ['cobol']", "unknown language"),
     ("exclude = 3", "exclude must be a list of strings"),
     ("review_drafts = 'yes'", "review_drafts must be true or false"),

@@ -439,7 +439,12 @@ def test_opened_with_the_real_scorer(make_stack, fake_github):
     stack.settle(timeout=300)
     (run,) = fake_github.check_runs.values()
     assert run["conclusion"] == "neutral" and "AI-authored lines" in run["output"]["summary"]
+    # The default comment budget speaks: one review with at least one inline comment (calibrated
+    # probabilities are small, so the old 0.5 floor left this change with a check run alone).
     publish = stack.results("ptbot.publish")[0]
-    assert publish["status"] in ("posted", "check_only")
+    assert publish["status"] == "posted" and publish["comments"] >= 1
+    (review,) = fake_github.reviews
+    assert "**Comments:** ptbot comments inline on at most 2 of the 5 scored lines" in review["body"]
+    assert len(fake_github.review_comments) == publish["comments"]
     for c in fake_github.review_comments:
         assert c["path"] == "src/calc.py" and 1 <= c["line"] <= 5 and "ptbot risk #" in c["body"]

@@ -168,8 +168,9 @@ def test_top_k_per_file_cap_and_min_probability(fake_github, app, scorer, render
     many = "".join(f"x{i} = {i}  # RISK-A\n" for i in range(4)) + "y = 1  # RISK-LOW\n"
     put_pull_request(fake_github, 7, HEAD, [("f1" * 20, f"Many\n\n{AI_TRAILER}",
                                               {"src/a.py": many, "src/b.py": many, "src/c.py": many})])
+    # min_lift = 0: most lines here are risky, so none would stand out from the change's mean.
     fake_github.repos["octo/shop"].contents[("main", ".ptbot.toml")] = (
-        "top_k = 4\nper_file_cap = 2\nmin_probability = 0.5\n")
+        "top_k = 4\nper_file_cap = 2\nmin_probability = 0.5\nmin_lift = 0\n")
     outcome = review(app, scorer, renderer)
     lines = [(c["path"], c["line"]) for c in fake_github.review_comments]
     assert outcome.comments == 4 and len(lines) == 4
@@ -177,6 +178,39 @@ def test_top_k_per_file_cap_and_min_probability(fake_github, app, scorer, render
     assert all(line != 5 for _, line in lines)  # RISK-LOW (0.3) is below min_probability
     # The summary table still ranks lines beyond the inline budget.
     assert "scored 15 of 15 AI-authored lines" in fake_github.reviews[0]["body"]
+
+
+def test_default_budget_speaks_when_a_line_stands_out_of_a_quiet_change(fake_github, app, scorer, renderer):
+    """Small calibrated probabilities (no line near the old 0.5 floor): the line well above the
+    change's own mean still gets its comment, and the summary states the rule."""
+    text = "".join(f"v{i} = {i}\n" for i in range(16)) + "w = v1 - 1  # RISK-LOW\n"
+    put_pull_request(fake_github, 7, HEAD, [("f1" * 20, f"Quiet\n\n{AI_TRAILER}", {"src/q.py": text})])
+    outcome = review(app, scorer, renderer)
+    assert outcome.status == "posted"
+    (comment,) = fake_github.review_comments
+    assert (comment["path"], comment["line"]) == ("src/q.py", 17)
+    rule = ("**Comments:** ptbot comments inline on at most 5 of the 17 scored lines (one per 4 scored "
+            "lines, at most 5 per review and 3 per file), and only on lines whose probability is at least "
+            "1.5× the change's base rate (the mean of its other scored lines, with 4 more at 10%; the "
+            "change's mean is 11%).")
+    assert rule in fake_github.reviews[0]["body"]
+    (run,) = fake_github.check_runs.values()
+    assert rule in run["output"]["summary"]
+
+
+def test_default_budget_grows_with_the_change_and_stays_silent_when_nothing_stands_out(
+        fake_github, app, scorer, renderer):
+    risky = "".join(f"r{i} = {i}  # RISK-A\n" for i in range(3))
+    small = risky + "".join(f"q{i} = {i}\n" for i in range(5))   # 8 lines: 2 comments
+    large = risky + "".join(f"q{i} = {i}\n" for i in range(9))   # 12 lines: 3 comments
+    put_pull_request(fake_github, 7, HEAD, [("f1" * 20, f"Small\n\n{AI_TRAILER}", {"src/s.py": small})])
+    put_pull_request(fake_github, 8, HEAD, [("f2" * 20, f"Large\n\n{AI_TRAILER}", {"src/l.py": large})])
+    flat = "".join(f"x{i} = {i}  # RISK-LOW\n" for i in range(6))   # every line alike
+    put_pull_request(fake_github, 9, HEAD, [("f3" * 20, f"Flat\n\n{AI_TRAILER}", {"src/f.py": flat})])
+    assert review(app, scorer, renderer).comments == 2
+    assert review(app, scorer, renderer, j=job(number=8)).comments == 3
+    assert review(app, scorer, renderer, j=job(number=9)).status == "check_only"
+    assert len(fake_github.reviews) == 2
 
 
 def test_exclude_patterns_are_reported_as_skipped(fake_github, app, scorer, renderer):
