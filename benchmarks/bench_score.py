@@ -2,8 +2,8 @@
 
     python benchmarks/bench_score.py [--model MODEL_DIR] [--files 32] [--repeats 3] [--json]
 
-Measures, on the supervisor the model directory was built for (default: the packaged SmolLM2
-artifact), with a fixed corpus of ``--files`` programs taken round-robin from the shared
+Measures, on the supervisor the model directory was built for (default: the packaged artifact),
+with a fixed corpus of ``--files`` programs taken round-robin from the shared
 ``humanevalpack-*.jsonl`` files (six languages):
 
 - ``cold_load_s``: ``RiskScorer.load`` with an EMPTY cache directory (GGUF dequantization and
@@ -14,7 +14,11 @@ artifact), with a fixed corpus of ``--files`` programs taken round-robin from th
   token batches;
 - ``pipeline_over_forward``: ``RiskScorer.score_many`` on the files (tokenization, line mapping,
   forward, SAE, ranker, calibration) over the bare truncated forward on the same token ids;
-- ``lines_per_s``: scored lines per second of ``score_many``.
+- ``lines_per_s``: scored lines per second of ``score_many``;
+- ``supervisors``: every embedded supervisor that is installed, side by side in the same rounds:
+  ``lines_per_s`` of reading the corpus (tokenization, truncated forward at the layer a model of
+  that supervisor reads, line mapping: everything of scoring but the SAE and ranker, which cost
+  well under 1% of it) and ``over_default``, that rate over the default supervisor's.
 
 The three timed steps run interleaved: one warm-up round, then ``--repeats`` rounds of (truncated,
 full, pipeline); times are medians over rounds and ratios are medians of the per-round ratios, so
@@ -44,7 +48,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import torch  # noqa: E402
 
 from analyzer.artifact import default_model_dir, read_manifest  # noqa: E402
-from analyzer.features import supervisor_input  # noqa: E402
+from analyzer.embedded import REGISTRY  # noqa: E402
+from analyzer.features import FeatureConfig, extract, supervisor_input  # noqa: E402
 from analyzer.records import load_records  # noqa: E402
 from analyzer.score import RiskScorer  # noqa: E402
 from analyzer.supervisor import Supervisor, SupervisorConfig  # noqa: E402
@@ -90,7 +95,12 @@ def ratio(num: list[float], den: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(num, den, strict=True))
 
 
-def run(model_dir: Path, data_dir: Path, n_files: int, repeats: int, device: str) -> dict:
+# The layer each embedded supervisor is read at by the models built for it (a model fixes its own).
+READ_LAYERS = {"qwen2.5-coder-0.5b": 6, "qwen2.5-coder-1.5b": 7, "smollm2": 8, "gemma3-270m": 5}
+
+
+def run(model_dir: Path, data_dir: Path, n_files: int, repeats: int, device: str,
+        cache_dir: Path | None = None) -> dict:
     manifest = read_manifest(model_dir)
     # Imports that a first load would otherwise pay inside the clock.
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
@@ -113,10 +123,17 @@ def run(model_dir: Path, data_dir: Path, n_files: int, repeats: int, device: str
         n_tokens = sum(len(x) for x in ids)
 
         n_lines = sum(len(r) for r in scorer.score_many(requests))
-        times = interleaved({"truncated": lambda: sup.states(ids), "full": lambda: full.states(ids),
-                             "pipeline": lambda: scorer.score_many(requests)}, repeats)
+        readers = _readers(requests, device, cache_dir or Path(tmp))
+        steps = {"truncated": lambda: sup.states(ids), "full": lambda: full.states(ids),
+                 "pipeline": lambda: scorer.score_many(requests), **{k: v[0] for k, v in readers.items()}}
+        times = interleaved(steps, repeats)
         del full
     t_trunc, t_full, t_pipe = (statistics.median(times[k]) for k in ("truncated", "full", "pipeline"))
+    reference = times.get(manifest["supervisor"]["model"])
+    supervisors = {
+        name: {"layer": layer, "lines_per_s": round(n / statistics.median(times[name]), 1),
+               **({"over_default": round(ratio(reference, times[name]), 3)} if reference else {})}
+        for name, (_, n, layer) in readers.items()}
 
     return {
         "lines_per_s": round(n_lines / t_pipe, 1),
@@ -138,7 +155,24 @@ def run(model_dir: Path, data_dir: Path, n_files: int, repeats: int, device: str
         "device": str(sup.device),
         "torch_threads": torch.get_num_threads(),
         "repeats": repeats,
+        "supervisors": supervisors,
     }
+
+
+def _readers(requests: list[ScoreRequest], device: str, cache_dir: Path) -> dict[str, tuple[Callable[[], object], int, int]]:
+    """name -> (read the corpus once, lines read, layer) for each installed embedded supervisor."""
+    out = {}
+    features = FeatureConfig()
+    texts, langs = [r.text for r in requests], [r.language for r in requests]
+    for name, emb in REGISTRY.items():
+        if not emb.installed():
+            log.warning("%s is not installed (%s): left out of the comparison", name, emb.install)
+            continue
+        sup = Supervisor.load(SupervisorConfig(model=name, layer=READ_LAYERS.get(name), device=device,
+                                               cache_dir=cache_dir))
+        n = sum(len(sn.lines) for sn in extract(sup, texts, langs, features))
+        out[name] = ((lambda sup=sup: extract(sup, texts, langs, features)), n, sup.layer)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", type=int, default=32, help="programs in the corpus")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds (medians reported)")
     ap.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    ap.add_argument("--cache", type=Path, help="cache of dequantized supervisors for the side-by-side "
+                    "comparison (default: the cold-load directory; pass PTBOT_CACHE_DIR to skip re-dequantizing)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -163,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"no humanevalpack-*.jsonl under {args.data}; pass --data")
     if args.files < 1 or args.repeats < 1:
         ap.error("--files and --repeats must be >= 1")
-    result = run(model_dir, args.data, args.files, args.repeats, args.device)
+    result = run(model_dir, args.data, args.files, args.repeats, args.device, args.cache)
     if args.json:
         print(json.dumps(result))
     else:
