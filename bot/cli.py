@@ -183,7 +183,7 @@ def score(ctx, file, lines_spec, language, fmt, model, top_k, explain):
     req = () if text is None else (ScoreRequest(path, text, frozenset(lines) if lines else None, lang),)
     report, _ = rank_report(scorer, Plan(req, tuple(skipped), 0, {}), ReviewLimits(top_k=top_k))
     if text is not None and not report.lines:
-        report = Report(report.model, (), (Skipped(path, "no scorable lines (blank or punctuation only)"),))
+        report = Report(report.model, (), (Skipped(path, "no scorable lines (comment, blank or punctuation only)"),))
     _write(render_report(report, fmt, explain=explain), None)
 
 
@@ -257,7 +257,7 @@ def review(ctx, repo, base, head, diff_file, top_k, min_probability, fmt, output
     scorer = _load_scorer(settings, model, quiet=quiet)
     report, n_scored = rank_report(scorer, plan, limits, progress=not quiet)
     coverage = Coverage(scored=n_scored, candidates=max(plan.candidates, n_scored),
-                        skipped=report.skipped, scope="changed")
+                        skipped=report.skipped, scope="changed", not_scored=plan.not_scored)
     changed = {r.path: set(r.lines or ()) for r in plan.requests}
     _write(render_report(report, fmt, files=plan.texts, changed=changed, coverage=coverage, explain=explain),
            output)
