@@ -287,7 +287,7 @@ def test_review_scores_no_comment_line_and_counts_them(tmp_path, tiny_artifact_d
     assert r.exit_code == 0, r.stderr
     # 19 added lines: 6 scored, 9 comment/docstring lines, 3 blank, 1 "}"
     assert ("Scored 6 of 19 changed lines; 9 comment lines, 3 blank lines, 1 punctuation-only line "
-            "not scored;") in r.stdout
+            "not scored") in r.stdout
 
 
 def test_review_top_and_min_probability(tmp_path, tiny_artifact_dir):
