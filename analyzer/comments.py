@@ -116,6 +116,8 @@ class Syntax:
     """``#[`` is an attribute, not a comment (PHP 8)."""
     ruby_blocks: bool = False
     """``=begin`` ... ``=end`` block comments at the start of a line (Ruby)."""
+    raw_single_quotes: bool = False
+    """A backslash escapes nothing between single quotes (shell)."""
 
 
 _C = Syntax(char_literals=True)
@@ -135,7 +137,7 @@ SYNTAX: dict[str, Syntax] = {
     "php": Syntax(line=("//", "#"), quotes="\"'", multiline_strings=True, hash_bracket_is_code=True),
     "ruby": Syntax(line=("#",), block=False, quotes="\"'", multiline_strings=True, ruby_blocks=True),
     "shell": Syntax(line=("#",), block=False, quotes="\"'", multiline_strings=True,
-                    hash_needs_word_start=True),
+                    hash_needs_word_start=True, raw_single_quotes=True),
 }
 """Lexer settings per language name of ``analyzer.languages`` (Python has its own reader)."""
 
@@ -149,6 +151,7 @@ _CSHARP_VERBATIM = re.compile(r'@"(?:[^"]|"")*"?')
 _GO_RAW = re.compile(r"`[^`]*`?")
 _REGEX = re.compile(r"/(?:[^/\\\[\n]|\\.|\[(?:[^\]\\\n]|\\.)*\])+/?[A-Za-z]*")
 _BLOCK_MARK = re.compile(r"/\*|\*/")
+_RUBY_BLOCK_END = re.compile(r"^=end\b.*$", re.M)
 # After these a "/" starts a regular expression, not a division.
 _REGEX_AFTER_CHARS = set("(,=:[!&|?{};+-*%<>~^")
 _REGEX_AFTER_WORDS = {"return", "typeof", "case", "do", "else", "in", "of", "new", "delete", "void",
@@ -170,8 +173,8 @@ class _Lexer:
         self.code: set[int] = set()
         self.comment: set[int] = set()
         self.line = 1
-        # shell single quotes know no escapes; everyone else's strings do
-        self.strings = {q: _quoted(q, syntax.multiline_strings, escapes=not (q == "'" and syntax.hash_needs_word_start))
+        self.strings = {q: _quoted(q, syntax.multiline_strings,
+                                   escapes=not (q == "'" and syntax.raw_single_quotes))
                         for q in syntax.quotes}
         self.template_depths: list[int] = []  # open ${ ... } of JS templates, by brace depth
         self.prev = ""  # the last code token, for telling a regex from a division
@@ -193,7 +196,7 @@ class _Lexer:
                 self.prev = '"'
             elif s.backtick == "template" and c == "`":
                 i = self._template(i + 1, i)
-            elif s.backtick == "template" and c == "}" and self.template_depths and self.template_depths[-1] == 0:
+            elif c == "}" and self.template_depths and self.template_depths[-1] == 0:
                 self.template_depths.pop()
                 i = self._template(i + 1, i)
             elif s.regex_literals and c == "/" and self._regex_may_start():
@@ -247,7 +250,7 @@ class _Lexer:
                     return m.end()
             return len(text)
         if s.ruby_blocks and text.startswith("=begin", i) and (i == 0 or text[i - 1] == "\n"):
-            m = re.compile(r"^=end\b.*$", re.M).search(text, i)
+            m = _RUBY_BLOCK_END.search(text, i)
             return m.end() if m else len(text)
         return None
 

@@ -66,13 +66,12 @@ def outside_paths(source: str, module: str) -> list[str]:
             what = "uses os.pardir"
         elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
             for side in (node.left, node.right):
-                if isinstance(side, ast.Constant) and isinstance(side.value, str) and _is_escape_string(side.value):
+                if _is_str(side) and _is_escape_string(side.value):
                     what = f"joins {side.value!r} onto a path"
-        elif (isinstance(node, ast.Call) and any(isinstance(a, ast.Constant) and isinstance(a.value, str)
-                                                 and _is_escape_string(a.value) for a in node.args)
+        elif (isinstance(node, ast.Call) and any(_is_str(a) and _is_escape_string(a.value) for a in node.args)
               and _call_name(node) in ("Path", "PurePath", "join", "open", "abspath", "realpath", "resolve")):
             what = f"passes a '..' path to {_call_name(node)}()"
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and any(s in node.value for s in SHARED_NAMES):
+        elif _is_str(node) and any(s in node.value for s in SHARED_NAMES):
             what = f"names the shared data ({node.value!r})"
         if what:
             found.append(f"{module}:{node.lineno}: {what}")
@@ -81,6 +80,10 @@ def outside_paths(source: str, module: str) -> list[str]:
 
     visit(tree, None)
     return found
+
+
+def _is_str(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
 
 
 def _call_name(node: ast.Call) -> str:
