@@ -11,7 +11,7 @@ ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git build-essential cmake \
+ && apt-get install -y --no-install-recommends git \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/ptbot

@@ -5,6 +5,10 @@ for (source id, weights hash, probed layer, tokenizer), the feature, SAE, ranker
 configs, a summary of the training data and the dev-split metrics. Loading refuses a directory
 built for another supervisor, because SAE latents of one model's states mean nothing for
 another's.
+
+A model HOME (numbered versions and a pointer to the one that serves) is read here too, so that
+loading a model never needs ``analyzer.versions``, which makes and changes HOMEs on top of this
+module.
 """
 
 from __future__ import annotations
@@ -18,10 +22,18 @@ from typing import Any
 FORMAT = "ptbot-model"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+POINTER = "current.json"
+"""A model HOME's pointer file (``analyzer.versions`` makes and changes HOMEs)."""
+VERSIONS = "versions"
+"""A model HOME's directory of numbered versions."""
 
 
 class ArtifactError(ValueError):
     """A model directory is missing, incomplete, or built for another supervisor."""
+
+
+class HomeError(ArtifactError):
+    """A model HOME is missing, not initialised, or its pointer is broken."""
 
 
 def default_model_dir() -> Path:
@@ -39,12 +51,57 @@ def ptbot_version() -> str:
 
 
 def resolve_model_dir(path: Path | str) -> Path:
-    """``path`` itself, or, when it is a model HOME (``analyzer.versions``), its serving version."""
-    from analyzer import versions  # versions builds on this module; import it only when needed
-
+    """``path`` itself, or, when it is a model HOME, the directory of its serving version."""
     path = Path(path)
-    return versions.current_dir(path) if versions.is_home(path) else path
+    return current_dir(path) if is_home(path) else path
 
+
+# --- a model HOME: which version serves (analyzer.versions makes and changes HOMEs) ----------
+
+def is_home(path: Path | str) -> bool:
+    """True when ``path`` is a model HOME (has a pointer file), not a plain model directory."""
+    return (Path(path) / POINTER).is_file()
+
+
+def read_pointer(home: Path | str) -> dict[str, Any]:
+    """The parsed ``current.json`` of ``home``; ``HomeError`` with what to do if unusable."""
+    home = Path(home)
+    path = home / POINTER
+    if not path.is_file():
+        raise HomeError(f"{home} is not a model home (no {POINTER}); create one with "
+                        "`ptbot model init --home DIR --from MODEL_DIR`")
+    try:
+        pointer = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise HomeError(f"{path} is not valid JSON ({e}); restore it from a backup or rewrite it "
+                        'as {"version": "<NNNN>", "history": ["<NNNN>"]}') from e
+    version = pointer.get("version") if isinstance(pointer, dict) else None
+    if not isinstance(version, str) or not (home / VERSIONS / version).is_dir():
+        raise HomeError(f"{path} points to version {version!r}, which is not under {home / VERSIONS}")
+    pointer.setdefault("history", [version])
+    pointer.setdefault("log", [])
+    return pointer
+
+
+def version_dir(home: Path | str, version: str) -> Path:
+    """The model directory of ``version``; ``HomeError`` if there is none."""
+    path = Path(home) / VERSIONS / version
+    if not path.is_dir():
+        raise HomeError(f"{home} has no version {version!r}; see `ptbot model list --home {home}`")
+    return path
+
+
+def current_version(home: Path | str) -> str:
+    """The id of the version that serves, e.g. ``"0003"``."""
+    return read_pointer(home)["version"]
+
+
+def current_dir(home: Path | str) -> Path:
+    """The model directory of the version that serves."""
+    return Path(home) / VERSIONS / current_version(home)
+
+
+# --- the manifest ------------------------------------------------------------------------------
 
 def read_manifest(model_dir: Path) -> dict[str, Any]:
     """Read and check a model directory's manifest; raise ``ArtifactError`` with what to do."""

@@ -1,32 +1,41 @@
-"""Unified-diff parser: ``git diff``/``show``/``format-patch`` or ``diff -u`` text -> FileDiff.
+"""Unified-diff reading: ``git diff``/``show``/``format-patch`` or ``diff -u`` text -> FileDiff.
 
-Standard library only (``bot`` and ``miners`` import it). What it understands:
+``unidiff`` splits the text into files and hunks, numbers the lines, and recognises git's
+extended headers (new and deleted files, modes) and binary files (``Binary files ... differ``,
+``GIT binary patch``). This module adapts its ``PatchSet`` to ptbot's ``FileDiff`` and adds the
+little it leaves to its caller:
 
-- git extended headers: new/deleted files, renames and copies (with or without content change),
-  mode changes, binary files (``Binary files ... differ`` and ``GIT binary patch``);
-- C-quoted paths (``"a/\\303\\251.py"``: git's octal escapes for non-ASCII bytes), paths with
-  spaces, with or without the ``a/``/``b/`` prefixes (``diff.noprefix``);
-- hunks with and without counts (``@@ -1 +1 @@``), ``\\ No newline at end of file``, CRLF content;
-- plain ``diff -u`` output (no ``diff --git`` line, timestamps after a tab).
+- names as ptbot needs them: C-quoted paths (``"a/\\303\\251.py"``: git's octal escapes for
+  non-ASCII bytes) decoded, ``a/``/``b/`` prefixes removed only when the diff has them
+  (``diff.noprefix``), ``rename``/``copy`` lines read, ``diff -ru``'s ``old/x``/``new/x`` pairs;
+- CRLF diffs (a diff saved by a Windows editor) and ``\\ No newline at end of file`` markers;
+- strictness: a hunk that is cut short or overfull, a malformed hunk header or a file header
+  with no hunk is an error, never a silent guess (a review anchored on a mis-numbered line is
+  worse than no review).
 
-Text before the first file (a commit message) and between files (``Only in ...``, a mail signature)
-is ignored, as ``git apply`` does. A hunk that is cut short or overfull is an error, never a silent
-guess: a review anchored on a mis-numbered line is worse than no review.
+Text before the first file (a commit message) and between files (``Only in ...``, a mail
+signature) is ignored, as ``git apply`` does. Pure Python: ``bot`` and ``miners`` import it
+without torch.
 """
 
 from __future__ import annotations
 
-import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+from unidiff import PatchedFile, PatchSet
+from unidiff import Hunk as UnidiffHunk
+from unidiff.errors import UnidiffParseError
 
 from analyzer.types import DiffLine, FileDiff, FileStatus, Hunk
 
-logger = logging.getLogger(__name__)
-
-_HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@ ?(.*)$")
-_BINARY_RE = re.compile(r"^Binary files (.+) and (.+) differ$")
 _DEV_NULL = "/dev/null"
+_KINDS = ("+", "-", " ")  # unidiff also keeps "\" markers and trailing blank lines in a hunk
+# git's extended header lines, between 'diff --git' and '---' (or the end of a hunkless file).
+_GIT_HEADER = ("old mode ", "new mode ", "deleted file mode ", "new file mode ", "copy from ",
+               "copy to ", "rename from ", "rename to ", "similarity index ",
+               "dissimilarity index ", "index ")
 # C escapes git uses in quoted paths (quote.c: sq_lookup), besides \ooo octal bytes.
 _ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
 
@@ -81,169 +90,174 @@ def anchorable_lines(file: FileDiff) -> set[int]:
     return {n for h in file.hunks for n in h.new_linenos()}
 
 
-# --- parsing -----------------------------------------------------------------------------------
+# --- the adapter -------------------------------------------------------------------------------
+
+class _Cursor:
+    """Feeds lines to unidiff and remembers the last one it took, so that an error names a line."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.at = -1
+
+    def __iter__(self) -> Iterator[str]:
+        for self.at, line in enumerate(self.lines):
+            yield line
+
 
 def _parse(lines: list[str]) -> list[tuple[FileDiff, int, int]]:
     """Every file of the diff with the [start, end) range of its lines (for ``decode_diff``)."""
+    if lines and lines[-1] == "":
+        lines = lines[:-1]  # what follows the final newline is never a line
+    # unidiff's header patterns end in "$", which does not match before a CR: lines reach it
+    # without one, so that a diff saved with CRLF endings reads like its LF original.
+    body = [_chomp(line) + "\n" for line in lines]
+    combined = next((i for i, line in enumerate(body)
+                     if line.startswith(("diff --cc ", "diff --combined "))), None)
+    if combined is not None:
+        raise DiffError(f"line {combined + 1}: combined (merge) diffs are not supported; "
+                        "diff the merge against one of its parents instead")
+    cursor = _Cursor(body)
+    try:
+        patch = PatchSet(cursor)
+    except UnidiffParseError as e:
+        raise _located(str(e), body, cursor.at) from None
+    starts = [_start(pf, body) for pf in patch]
     out: list[tuple[FileDiff, int, int]] = []
-    i = 0
-    while i < len(lines):
-        line = _chomp(lines[i])
-        if line.startswith(("diff --cc ", "diff --combined ")):
-            raise DiffError(f"line {i + 1}: combined (merge) diffs are not supported; "
-                            "diff the merge against one of its parents instead")
-        if line.startswith("diff --git "):
-            fd, j = _parse_git_file(lines, i)
-        elif line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
-            fd, j = _parse_plain_file(lines, i)
-        elif m := _BINARY_RE.match(line):
-            # GNU diff reports binary files with this one line and no header.
-            old, new = _plain_names(_path_token(m[1]), _path_token(m[2]))
-            fd, j = FileDiff(old, new, _status(old, new), is_binary=True), i + 1
-        elif _HUNK_RE.match(line):
-            raise DiffError(f"line {i + 1}: hunk header {line!r} without a file header "
-                            "('diff --git ...' or '--- a/FILE' + '+++ b/FILE') before it")
-        else:
-            i += 1  # commit message, "Only in ...", "diff -ru ..." lines, mail signature
-            continue
-        out.append((fd, i, j))
-        i = j
-    if not out and any(line.strip() for line in lines):
-        first = next(line for line in lines if line.strip())
+    for k, pf in enumerate(patch):
+        start, stop = starts[k], starts[k + 1] if k + 1 < len(starts) else len(body)
+        read = [_hunk(h, body, start) for h in pf]
+        hunks = tuple(hunk for hunk, _, _ in read)
+        first = read[0][1] if read else stop
+        end = _skip_markers(body, read[-1][2], stop) if read else stop
+        _check_strict(pf, body, start, first, end, stop)
+        out.append((_file_diff(pf, body[start], hunks), start, end))
+    if not out and any(line.strip() for line in body):
+        first = next(line for line in body if line.strip())
         raise DiffError("input is not a unified diff: no 'diff --git' or '---'/'+++' file header "
-                        f"found (first line: {first[:60]!r})")
+                        f"found (first line: {first[:-1][:60]!r})")
     return out
 
 
-def _parse_git_file(lines: list[str], i: int) -> tuple[FileDiff, int]:
-    """One ``diff --git`` section starting at ``lines[i]``; returns it and the index after it."""
-    header_old, header_new, prefixed = _split_git_header(_chomp(lines[i])[len("diff --git "):])
-    old: str | None = header_old
-    new: str | None = header_new
-    status: FileStatus = "modified"
-    is_binary = False
-    hunks: tuple[Hunk, ...] = ()
-    j = i + 1
-    while j < len(lines):
-        line = _chomp(lines[j])
-        if line.startswith("new file mode "):
-            status = "added"
-        elif line.startswith("deleted file mode "):
-            status = "deleted"
-        elif line.startswith(("rename from ", "copy from ")):
-            status = "renamed" if line.startswith("rename") else "copied"
-            old = _path_token(line.split(" ", 2)[2])
-        elif line.startswith(("rename to ", "copy to ")):
-            new = _path_token(line.split(" ", 2)[2])
-        elif line.startswith(("old mode ", "new mode ", "index ", "similarity index ",
-                              "dissimilarity index ")):
-            pass  # modes and blob ids do not change what a reviewer reads
-        elif line.startswith("--- "):
-            if j + 1 >= len(lines) or not lines[j + 1].startswith("+++ "):
-                raise DiffError(f"line {j + 2}: expected '+++ b/FILE' after {line!r}")
-            minus = _path_token(line[4:])
-            plus = _path_token(_chomp(lines[j + 1])[4:])
-            # rename/copy lines carry the real names; ---/+++ only matter for other files.
-            if status not in ("renamed", "copied"):
-                old = None if minus == _DEV_NULL else _strip_prefix(minus, prefixed)
-                new = None if plus == _DEV_NULL else _strip_prefix(plus, prefixed)
-            hunks, j = _parse_hunks(lines, j + 2)
-            break
-        elif _BINARY_RE.match(line):
-            is_binary = True
-            j += 1
-            break
-        elif line == "GIT binary patch":
-            # base85 data lines never contain a space, so they cannot look like the next header.
-            is_binary = True
-            j += 1
-            while j < len(lines) and not lines[j].startswith("diff --git "):
-                j += 1
-            break
-        else:
-            break  # end of this file's extended header: next file or trailing text
-        j += 1
-    if status == "added" or old == _DEV_NULL:
-        old, status = None, "added"
-    if status == "deleted" or new == _DEV_NULL:
-        new, status = None, "deleted"
-    if old is None and new is None:
-        raise DiffError(f"line {i + 1}: cannot tell the file names in {_chomp(lines[i])!r}")
-    return FileDiff(old, new, status, hunks, is_binary), j
+def _start(pf: PatchedFile, body: list[str]) -> int:
+    """Index of a file's first line: its ``diff --git`` or ``Binary files`` line, or the ``---``
+    line before the ``+++`` line where unidiff starts a plain ``diff -u`` file."""
+    at = pf.diff_line_no - 1
+    return at - 1 if body[at].startswith("+++ ") else at
 
 
-def _parse_plain_file(lines: list[str], i: int) -> tuple[FileDiff, int]:
-    """One ``--- old`` / ``+++ new`` section of ``diff -u`` output (no git header)."""
-    old, new = _plain_names(_path_token(lines[i][4:]), _path_token(_chomp(lines[i + 1])[4:]))
-    hunks, j = _parse_hunks(lines, i + 2)
-    return FileDiff(old, new, _status(old, new), hunks), j
+def _hunk(h: UnidiffHunk, body: list[str], start: int) -> tuple[Hunk, int, int]:
+    """One hunk, the index of its ``@@`` line and the index after its last line."""
+    numbered = [ln.diff_line_no for ln in h if ln.diff_line_no is not None]
+    if not numbered:  # only '@@ -0,0 +0,0 @@' can promise no line at all
+        raise DiffError(f"empty hunk in the file of line {start + 1}: corrupt diff")
+    header_at, end = numbered[0] - 2, numbered[-1]
+    lines = tuple(DiffLine(ln.line_type, ln.value[:-1], ln.source_line_no, ln.target_line_no)
+                  for ln in h if ln.line_type in _KINDS)
+    # unidiff keeps only the text after the second "@@"; Hunk.header is the whole line.
+    return (Hunk(h.source_start, h.source_length, h.target_start, h.target_length, lines,
+                 body[header_at][:-1]), header_at, end)
 
 
-def _parse_hunks(lines: list[str], j: int) -> tuple[tuple[Hunk, ...], int]:
-    hunks: list[Hunk] = []
-    while j < len(lines):
-        line = _chomp(lines[j])
-        if line.startswith("@@"):
-            hunk, j = _parse_hunk(lines, j)
-            hunks.append(hunk)
-            continue
-        next_is_plus = j + 1 < len(lines) and lines[j + 1].startswith("+++ ")
-        next_file = line.startswith("--- ") and next_is_plus
-        if line[:1] in ("+", "-", " ") and line != "-- " and not next_file:
-            raise DiffError(f"line {j + 1}: diff line {line[:60]!r} is outside any hunk "
-                            "(a hunk header promises fewer lines than follow it: corrupt diff)")
-        break
-    if not hunks:
-        raise DiffError(f"line {j + 1}: expected a hunk header '@@ -A,B +C,D @@' after the "
-                        "file header")
-    return tuple(hunks), j
+def _skip_markers(body: list[str], end: int, stop: int) -> int:
+    """The index after the backslash lines at ``end``: unidiff takes the English
+    "No newline at end of file" marker after a hunk, but other tools localise it."""
+    while end < stop and body[end].startswith("\\"):
+        end += 1
+    return end
 
 
-def _parse_hunk(lines: list[str], start: int) -> tuple[Hunk, int]:
-    header = _chomp(lines[start])
-    m = _HUNK_RE.match(header)
-    if m is None:
-        raise DiffError(f"line {start + 1}: malformed hunk header {header!r} "
+def _check_strict(pf: PatchedFile, body: list[str], start: int, first: int, end: int,
+                  stop: int) -> None:
+    """Refuse what unidiff lets pass as free text: a malformed ``@@`` line, diff lines before a
+    file's first hunk (``first``) or past a hunk's count (at ``end``), a ``---``/``+++`` header
+    with no hunk. Each would shift or drop scored lines."""
+    if pf:
+        for i in range(start + 1, first):
+            if not body[i].startswith(("--- ", "+++ ")):
+                _refuse_stray(body, i)
+        next_file = (end + 1 < stop and body[end].startswith("--- ")
+                     and body[end + 1].startswith("+++ "))
+        # "-- " opens the signature of a format-patch mail.
+        if end < stop and body[end] != "-- \n" and not next_file:
+            _refuse_stray(body, end)
+        return
+    if pf.is_binary_file:
+        return
+    i, named = start + 1, body[start].startswith("--- ")
+    while i < stop and body[i].startswith(_GIT_HEADER + ("--- ", "+++ ")):
+        named = named or body[i].startswith(("--- ", "+++ "))
+        i += 1
+    if i < stop and body[i].startswith("@@"):
+        _refuse_stray(body, i)
+    if named:
+        raise DiffError(f"line {i + 1}: expected a hunk header '@@ -A,B +C,D @@' after the "
+                        f"file header of line {start + 1}")
+
+
+def _refuse_stray(body: list[str], i: int) -> None:
+    """Raise if ``body[i]``, a line outside every hunk, looks like part of one."""
+    line = body[i][:-1]
+    if line.startswith("@@"):
+        raise DiffError(f"line {i + 1}: malformed hunk header {line!r} "
                         "(expected '@@ -A,B +C,D @@')")
-    old_start, new_start = int(m[1]), int(m[3])
-    # A missing count means 1 (`@@ -1 +1 @@`), per the unified format.
-    old_count = int(m[2]) if m[2] is not None else 1
-    new_count = int(m[4]) if m[4] is not None else 1
-    old_left, new_left = old_count, new_count
-    old_no, new_no = old_start, new_start
-    out: list[DiffLine] = []
-    j = start + 1
-    while old_left > 0 or new_left > 0:
-        # The last element of text.split("\n") is what follows the final newline: never a line.
-        if j >= len(lines) or (j == len(lines) - 1 and lines[j] == ""):
-            raise DiffError(f"line {j}: the diff ends inside the hunk {header!r} of line "
-                            f"{start + 1} "
-                            f"({old_left} old and {new_left} new line(s) missing): truncated diff?")
-        raw = _chomp(lines[j])
-        # Tools that strip trailing whitespace turn a blank context line " " into "".
-        kind, text = (raw[0], raw[1:]) if raw else (" ", "")
-        if kind == " " and old_left > 0 and new_left > 0:
-            out.append(DiffLine(" ", text, old_no, new_no))
-            old_no, new_no, old_left, new_left = old_no + 1, new_no + 1, old_left - 1, new_left - 1
-        elif kind == "-" and old_left > 0:
-            out.append(DiffLine("-", text, old_no, None))
-            old_no, old_left = old_no + 1, old_left - 1
-        elif kind == "+" and new_left > 0:
-            out.append(DiffLine("+", text, None, new_no))
-            new_no, new_left = new_no + 1, new_left - 1
-        elif kind == "\\":
-            pass  # "\ No newline at end of file" (localised by some tools, so match only '\')
-        else:
-            raise DiffError(f"line {j + 1}: unexpected {raw[:60]!r} inside the hunk {header!r} of "
-                            f"line {start + 1} ({old_left} old and {new_left} new line(s) still "
-                            "expected): truncated or corrupt diff")
-        j += 1
-    while j < len(lines) and lines[j].startswith("\\"):
-        j += 1
-    return Hunk(old_start, old_count, new_start, new_count, tuple(out), header), j
+    if line[:1] in ("+", "-", " "):
+        raise DiffError(f"line {i + 1}: diff line {line[:60]!r} is outside any hunk (a hunk "
+                        "header is missing, or promises fewer lines than follow it: corrupt diff)")
+
+
+def _located(message: str, body: list[str], at: int) -> DiffError:
+    """unidiff's error, with the line it stopped at and what to do about it."""
+    line = body[at][:-1] if 0 <= at < len(body) else ""
+    if message.startswith(("Hunk is shorter", "Hunk is longer", "Hunk diff line expected")):
+        h = next(i for i in range(min(at, len(body) - 1), -1, -1) if body[i].startswith("@@"))
+        header = body[h][:-1]
+        if message.startswith("Hunk is shorter"):
+            return DiffError(f"line {len(body) + 1}: the diff ends inside the hunk {header!r} of "
+                             f"line {h + 1}: truncated diff?")
+        return DiffError(f"line {at + 1}: unexpected {line[:60]!r} inside the hunk {header!r} of "
+                         f"line {h + 1} (more or other lines than its header says): truncated or "
+                         "corrupt diff")
+    if message.startswith("Unexpected hunk found"):
+        return DiffError(f"line {at + 1}: hunk header {line!r} without a file header "
+                         "('diff --git ...' or '--- a/FILE' + '+++ b/FILE') before it")
+    if message.startswith("Target without source"):
+        # unidiff splits an unquoted 'diff --git' line at its last space when the names carry no
+        # a/ b/ prefixes, so a diff.noprefix diff of a path with a space lands here too.
+        return DiffError(f"line {at + 1}: {line!r} names another file than the '---' line or "
+                         "'diff --git' header before it: a corrupt diff, or a diff.noprefix diff "
+                         "of a path with spaces (make that one with 'git -c diff.noprefix=false "
+                         "diff')")
+    return DiffError(f"line {at + 1}: {message.strip()}")
 
 
 # --- names -------------------------------------------------------------------------------------
+
+def _file_diff(pf: PatchedFile, first: str, hunks: tuple[Hunk, ...]) -> FileDiff:
+    if not first.startswith("diff --git "):
+        old, new = _plain_names(_path_token(pf.source_file), _path_token(pf.target_file))
+        return FileDiff(old, new, _status(old, new), hunks, pf.is_binary_file)
+    # unidiff keeps the names of 'diff --git A B' as written (quotes, octal escapes, a/ b/); the
+    # split below decodes them as git apply does. rename/copy lines, when present, name the files.
+    old, new, _ = _split_git_header(first[len("diff --git "):-1])
+    status: FileStatus = "modified"
+    for info in pf.patch_info or ():  # extended header lines, kept by unidiff as text
+        verb, side, name = (info.rstrip("\n").split(" ", 2) + ["", ""])[:3]
+        if verb in ("rename", "copy") and side in ("from", "to"):
+            status = "renamed" if verb == "rename" else "copied"
+            if side == "from":
+                old = _path_token(name)
+            else:
+                new = _path_token(name)
+    if _DEV_NULL in (pf.source_file, pf.target_file):  # unidiff's mark for a new/deleted file
+        if status != "modified":
+            raise DiffError(f"{first[:-1]!r} is both a new or deleted file and a {status} one: "
+                            "corrupt diff")
+        status = "added" if pf.source_file == _DEV_NULL else "deleted"
+        old, new = (None, new) if status == "added" else (old, None)
+    if (old is None and status != "added") or (new is None and status != "deleted"):
+        raise DiffError(f"cannot tell the file names in {first[:-1]!r}")
+    return FileDiff(old, new, status, hunks, pf.is_binary_file)
+
 
 def _chomp(line: str) -> str:
     """Drop the CR of a CRLF line ending (the split was on LF only: str.splitlines would also

@@ -50,7 +50,7 @@ from analyzer.metrics import (SnippetPrediction, bootstrap_ci, evaluate, random_
                               summarize_seeds, topk_hit_rate)
 from analyzer.ranker import (DEFAULT_CALIBRATE_ON, RankerConfig, Slate, by_source, held_out_logits, load_ranker,
                              train_ranker)
-from analyzer.records import problem_key, split_by_problem
+from analyzer.records import problem_key, refuse_test_repositories, split_by_problem
 from analyzer.sae import load_sae
 from analyzer.supervisor import Supervisor, SupervisorConfig
 from analyzer.types import Record
@@ -399,6 +399,7 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
     """
     if not tests or not any(tests.values()):
         raise ValueError("no test records: pass at least one non-empty test file")
+    refuse_test_repositories(train)
     train_ids = {r.id for r in train}
     leaked = sorted({r.id for rs in tests.values() for r in rs} & train_ids)
     if leaked:

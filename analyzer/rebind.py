@@ -28,7 +28,7 @@ import torch
 from analyzer import artifact, train, versions
 from analyzer.calibrate import DEFAULT_METHOD, FITTED, Calibrator
 from analyzer.features import FeatureConfig, StateCache
-from analyzer.metrics import evaluate
+from analyzer.metrics import SnippetPrediction, evaluate
 from analyzer.ranker import CALIBRATE_ON, DEFAULT_CALIBRATE_ON, load_ranker
 from analyzer.records import in_dev, problem_key
 from analyzer.sae import load_sae
@@ -112,10 +112,13 @@ def split_feedback(records: Sequence[Record], holdout: float, seed: int) -> tupl
     return train_recs, held
 
 
-def evaluate_version(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
-                     n_boot: int = 200, seed: int = 0, cache: StateCache | None = None,
-                     progress: bool = False) -> dict[str, Any] | None:
-    """The ``ptbot eval`` metrics of one model directory on ``records`` (None: no ranker yet)."""
+def version_predictions(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
+                        cache: StateCache | None = None, progress: bool = False,
+                        desc: str = "gate") -> list[SnippetPrediction] | None:
+    """One model directory's scores and probabilities on ``records`` (None: no ranker yet).
+
+    Records without a scorable line give no prediction, so the list may be shorter.
+    """
     manifest = artifact.read_manifest(model_dir)
     if not (manifest.get("sae") and manifest.get("ranker") and manifest.get("calibration")):
         return None
@@ -125,11 +128,21 @@ def evaluate_version(sup: Supervisor, model_dir: Path, records: Sequence[Record]
     ranker = load_ranker(model_dir, manifest["ranker"]).eval()
     calib = Calibrator.from_dict(manifest["calibration"])
     slates = train.make_slates(sup, sae, records, features, progress,
-                               f"reading code (gate, {Path(model_dir).name})", cache)
-    if not slates:
+                               f"reading code ({desc}, {Path(model_dir).name})", cache)
+    return train.predictions(ranker, calib, slates)
+
+
+def evaluate_version(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
+                     n_boot: int = 200, seed: int = 0, cache: StateCache | None = None,
+                     progress: bool = False) -> dict[str, Any] | None:
+    """The ``ptbot eval`` metrics of one model directory on ``records`` (None: no ranker yet)."""
+    preds = version_predictions(sup, model_dir, records, cache=cache, progress=progress)
+    if preds is None:
+        return None
+    if not preds:
         raise ValueError("no held-out feedback record has a scorable line; export more feedback")
-    base_rate = (manifest.get("ranker_training") or {}).get("base_rate")
-    return evaluate(train.predictions(ranker, calib, slates), base_rate=base_rate, n_boot=n_boot, seed=seed)
+    base_rate = (artifact.read_manifest(model_dir).get("ranker_training") or {}).get("base_rate")
+    return evaluate(preds, base_rate=base_rate, n_boot=n_boot, seed=seed)
 
 
 def decide(old: dict[str, Any] | None, new: dict[str, Any], metric: str, min_gain: float) -> tuple[bool, str]:

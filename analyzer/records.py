@@ -63,3 +63,15 @@ def split_by_problem(records: Sequence[Record], dev_fraction: float = 0.2,
     for rec in records:
         (dev if in_dev(problem_key(rec), dev_fraction, seed) else train).append(rec)
     return train, dev
+
+
+def refuse_test_repositories(records: Sequence[Record]) -> None:
+    """Raise ValueError if any record comes from a corpus test repository (``meta.split == "test"``).
+
+    The real-fix corpus is split by repository and its test repositories are only ever reported:
+    no training, selection or calibration step may read their labels.
+    """
+    bad = [r.id for r in records if (r.meta or {}).get("split") == "test"]
+    if bad:
+        raise ValueError(f"{len(bad)} record(s) come from the corpus's test repositories (e.g. {bad[0]!r}); "
+                         "they are for reporting only and never train, select or calibrate a model")

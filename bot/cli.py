@@ -160,6 +160,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
       ptbot action                                     GitHub Action step
       ptbot feedback sync|stats|export                 reviewers' reactions and edits as labels
       ptbot rebind DATA... --home HOME                 retrain on feedback, promote only if better
+      ptbot adapt REPO --repository OWNER/NAME         a repository's own model, judged forward in time
       ptbot model list|rollback --home HOME            serving versions
 
     Settings come from PTBOT_* environment variables (PTBOT_MODEL, PTBOT_CACHE_DIR,
@@ -557,6 +558,44 @@ def mine_repo_cmd(repo, out_dir, rev, since, until, max_commits, languages, incl
     click.echo(json.dumps(manifest.to_dict(), indent=2))
 
 
+@cli.group("corpus")
+def corpus_group() -> None:
+    """The real-fix training corpus: rebuilt from a committed data card, never committed itself."""
+
+
+@corpus_group.command("build")
+@click.argument("card", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for train.jsonl, validation.jsonl, test.jsonl, corpus.json and mined/.")
+@click.option("--repos", "repos_dir", type=click.Path(file_okay=False, exists=True),
+              help="Directory holding clones as OWNER+NAME/ or OWNER/NAME/ (else each card URL is cloned).")
+@click.option("--reserved", "reserved_dir", envvar="PTBOT_RESERVED_DIR", required=True,
+              type=click.Path(file_okay=False, exists=True),
+              help="Folder with reserved-projects.txt and reserved-debian-packages.txt; a card naming a "
+                   "reserved project is refused.")
+def corpus_build(card, out_dir, repos_dir, reserved_dir):
+    """Rebuild the corpus CARD describes: mine each repository at its pinned commit, keep focused
+    fixes, drop snippets shared across repositories, split by repository, sample.
+
+    \b
+      ptbot corpus build data/corpus-card.json --out corpus/ --repos ~/src --reserved ../shared/data
+    Interrupted? Run it again: finished repositories are not mined twice.
+    """
+    from miners.corpus import Card, CorpusError, build
+
+    try:
+        summary = build(Card.load(Path(card)), Path(out_dir), reserved_dir=Path(reserved_dir),
+                        repos_dir=Path(repos_dir) if repos_dir else None, progress=True,
+                        log=lambda msg: click.echo(msg, err=True))
+    except CorpusError as e:
+        raise _fail(str(e)) from e
+    for split, langs in summary["counts"].items():
+        total = sum(c["records"] for c in langs.values())
+        click.echo(f"{split}: {total:,} records (" + ", ".join(f"{k} {v['records']}" for k, v in langs.items())
+                   + ")", err=True)
+    click.echo(f"wrote {out_dir}", err=True)
+
+
 # ------------------------------------------------------------------------------- GitHub App
 
 
@@ -632,6 +671,10 @@ def worker(ctx, queues, concurrency, beat, training_only):
     app = make_celery(settings, WorkerConfig(preload_scorer="gpu" in names and not training_only))
     if not training_only:
         enable_feedback(app, settings.database_url)
+    if settings.adapt_mirrors:
+        from workers.celery_app import enable_adaptation
+
+        enable_adaptation(app)
     app.worker_main(argv + (["--beat"] if beat else []))
 
 
@@ -802,7 +845,9 @@ def action_cmd(ctx):
     try:
         action = ActionSettings.from_env(os.environ)
         # Annotations and workflow commands go to stdout, where the runner reads them.
-        result = run_action(action, lambda: _load_scorer(settings, action.model or None, quiet=False),
+        # The action's own model input wins; else the repository's promoted model (PTBOT_MODEL_HOMES).
+        model = action.model or settings.model_for(action.repository) or None
+        result = run_action(action, lambda: _load_scorer(settings, model, quiet=False),
                             defaults=settings.repo_defaults, stdout=sys.stdout)
     except ValueError as e:
         raise _fail(str(e)) from e
@@ -963,6 +1008,103 @@ def rebind_cmd(ctx, data, home, feedback_db, repo, languages, holdout, metric, m
     verdict = "PROMOTED" if result.promoted else "REFUSED"
     click.echo(f"{verdict} version {result.version} (serving now: "
                f"{result.version if result.promoted else result.serving}); {result.reason}")
+
+
+# ------------------------------------------------------------- per-repository adaptation
+
+
+@cli.command("adapt")
+@click.argument("repo")
+@click.option("--home", type=click.Path(file_okay=False),
+              help="Model home of this repository (created from --from when missing). Default: "
+                   "PTBOT_MODEL_HOMES/OWNER/NAME, with --repository.")
+@click.option("--repository", metavar="OWNER/NAME",
+              help="The repository's GitHub name: names it in results, selects its feedback and its home "
+                   "under PTBOT_MODEL_HOMES (default: REPO's last part).")
+@click.option("--until", metavar="DATE|REV",
+              help="The cut: fit on commits up to this date (YYYY-MM-DD) or revision, judge on later fixes.")
+@click.option("--holdout-months", default=6, show_default=True, type=click.IntRange(min=1),
+              help="Without --until: the newest N months of history are the forward slice.")
+@click.option("--rev", default="HEAD", show_default=True, help="Revision whose history is mined.")
+@click.option("--mutations", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Mutated copies of each clean snippet committed before the cut (0: real fixes only).")
+@click.option("--max-commits", type=click.IntRange(min=1), help="Mine at most this many commits (newest first).")
+@click.option("--languages", help="Only these languages (comma-separated).")
+@click.option("--feedback-db", metavar="URL",
+              help="Also use reviewers' feedback on --repository from this label store (e.g. PTBOT_DATABASE_URL).")
+@click.option("--seed-data", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Shared-schema JSONL added to the fit side (repeatable), e.g. the default model's bind data.")
+@click.option("--from", "base_model", type=click.Path(file_okay=False, exists=True),
+              help="Model a new home starts from (default: PTBOT_MODEL or the built-in model).")
+@click.option("--metric", default="top1", show_default=True,
+              type=click.Choice(["top1", "top3", "top5", "auroc", "bss", "brier", "ece"]),
+              help="Metric on the forward slice that decides.")
+@click.option("--min-gain", default=0.02, show_default=True, type=click.FloatRange(min=0),
+              help="Promote only if the adapted model beats the serving one by at least this much.")
+@click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Share of fit problems held out for early stopping.")
+@_calibration_option
+@_calibrate_on_option
+@click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--report", "report_dir", type=click.Path(file_okay=False),
+              help="Write the tables, Top-K curves (PNG, overall and per language) and report.html here.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False),
+              help="Write {repository, cut, n_fit, n_test, promoted, version, results} here.")
+@click.pass_context
+def adapt_cmd(ctx, repo, home, repository, until, holdout_months, rev, mutations, max_commits, languages,
+              feedback_db, seed_data, base_model, metric, min_gain, dev_fraction, calibration, calibrate_on,
+              epochs, seed, report_dir, json_out):
+    """Train REPO's own model from its history and promote it only if it wins, forward in time.
+
+    REPO (work tree, bare repository or clone URL) is mined for real fixes and mutations of its
+    clean code; records up to the cut train a new version of the home (the serving version's SAE,
+    a new ranker and calibration); the fixes after the cut judge the serving version, the new one
+    and `length` (longest line first). The new version serves only if it beats the serving one by
+    --min-gain on --metric; otherwise it is kept as "refused". The table prints either way; exit
+    code 0 either way. `ptbot model list|rollback --home HOME` shows and undoes promotions.
+
+    \b
+      ptbot adapt ../shop --repository octo/shop --report adapt-report/ --json adapt.json
+      ptbot adapt ../shop --home homes/shop --until 2024-01-01 --feedback-db $PTBOT_DATABASE_URL
+    """
+    from analyzer.adapt import AdaptConfig
+    from analyzer.artifact import ArtifactError
+    from analyzer.records import RecordError
+    from bot.eval_report import render_table
+    from miners.history import GitError
+    from miners.mine import MiningError
+    from workers.adapt import AdaptBusy, AdaptJob, adapt_repository, write_outputs
+
+    settings = _settings(ctx)
+    if not home:
+        if not (repository and settings.model_homes):
+            raise _fail("give --home, or --repository with PTBOT_MODEL_HOMES set (homes live in "
+                        "PTBOT_MODEL_HOMES/OWNER/NAME, where the App and the Action look for them)")
+        from analyzer.versions import repository_home
+
+        try:
+            home = str(repository_home(Path(settings.model_homes).expanduser(), repository))
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--repository") from None
+    try:
+        cfg = AdaptConfig(min_gain=min_gain, metric=metric, seed=seed, dev_fraction=dev_fraction,
+                          calibration=calibration, calibrate_on=calibrate_on,
+                          ranker={"epochs": epochs} if epochs else {})
+        job = AdaptJob(repo=repo, home=Path(home), repository=repository or "", until=until,
+                       holdout_months=holdout_months, rev=rev, mutations=mutations, max_commits=max_commits,
+                       languages=tuple(_comma_list(languages) or ()), feedback_db=feedback_db,
+                       seed_data=tuple(Path(p) for p in seed_data), base_model=base_model, config=cfg)
+        result = adapt_repository(job, settings, progress=True)
+    except (AdaptBusy, ArtifactError, GitError, RecordError, MiningError, ValueError) as e:
+        raise _fail(str(e)) from e
+    click.echo(render_table(result.report_doc()), nl=False)
+    for path in write_outputs(result, json_out=json_out, report_dir=report_dir):
+        click.echo(f"wrote {path}", err=True)
+    verdict = "PROMOTED" if result.promoted else "REFUSED"
+    again = " (already adapted on these inputs; nothing trained)" if result.reused else ""
+    click.echo(f"{verdict} version {result.version} for {result.repository} (serving now: "
+               f"{result.version if result.promoted else result.serving}){again}; {result.reason}")
 
 
 @cli.group("model")

@@ -139,6 +139,16 @@ class Settings:
     """SQLAlchemy URL of the label store (``PTBOT_DATABASE_URL``); default SQLite in ``cache_dir``."""
     model: str = ""
     """Model directory or name (``PTBOT_MODEL``); empty means the embedded default model."""
+    model_homes: str = ""
+    """Directory of per-repository model HOMEs (``PTBOT_MODEL_HOMES``): ``ptbot adapt`` keeps
+    ``owner/name``'s model in ``<dir>/owner/name``, and the App and the Action score that
+    repository with it once a version of its own has won the gate; empty: every repository gets
+    ``model``."""
+    adapt_mirrors: str = ""
+    """Directory of local mirrors of the installed repositories (``PTBOT_ADAPT_MIRRORS``):
+    ``<dir>/owner/name`` is a clone (bare or not) that the deployment keeps fetched; with
+    ``model_homes`` set, the weekly adapt task (``ptbot worker --beat``) re-runs ``ptbot adapt``
+    on each. Empty: no scheduled adaptation."""
     device: str = "auto"
     """Torch device for scoring (``PTBOT_DEVICE``): auto, cpu, cuda, cuda:N or mps."""
     seconds_between_writes: float = 1.0
@@ -163,11 +173,22 @@ class Settings:
             raise ValueError(f"PTBOT_DATABASE_URL must be an SQLAlchemy URL, got {self.database_url!r}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ValueError(f"PTBOT_DEVICE must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
+        if self.adapt_mirrors and not self.model_homes:
+            raise ValueError("PTBOT_ADAPT_MIRRORS needs PTBOT_MODEL_HOMES: scheduled adaptations keep each "
+                             "repository's model in PTBOT_MODEL_HOMES/owner/name")
         if self.seconds_between_writes < 0:
             raise ValueError("PTBOT_SECONDS_BETWEEN_WRITES must be >= 0")
         if not self.database_url:
             # Frozen: fill the derived default through object.__setattr__, once, here.
             object.__setattr__(self, "database_url", f"sqlite:///{self.cache_path / 'ptbot.db'}")
+
+    def model_for(self, repository: str | None) -> str:
+        """The model that scores ``repository`` (``owner/name``): its own HOME under ``model_homes``
+        when that serves a version of its own, else ``model`` (empty: the embedded default)."""
+        from analyzer.versions import serving_home
+
+        home = serving_home(Path(self.model_homes).expanduser() if self.model_homes else None, repository)
+        return str(home) if home else self.model
 
     @property
     def cache_path(self) -> Path:
@@ -219,6 +240,8 @@ class Settings:
             "cache_dir": env.get("PTBOT_CACHE_DIR", DEFAULT_CACHE_DIR),
             "database_url": env.get("PTBOT_DATABASE_URL", ""),
             "model": env.get("PTBOT_MODEL", ""),
+            "model_homes": env.get("PTBOT_MODEL_HOMES", ""),
+            "adapt_mirrors": env.get("PTBOT_ADAPT_MIRRORS", ""),
             "device": env.get("PTBOT_DEVICE", "auto"),
             "repo_defaults": RepoConfig().with_overrides(policy, source="environment"),
         }

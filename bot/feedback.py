@@ -38,6 +38,8 @@ from typing import Any, Protocol
 from analyzer.languages import language_for_path
 from analyzer.lines import source_lines
 from analyzer.types import Record
+from bot.events import ReviewCommentEvent, ReviewThreadEvent, read_event
+from bot.jobs import feedback_job_for
 from bot.render import parse_marker
 from bot.store import EventIn, LabelEventRow, LabelStore, PullRequestRow, ScoredLineIn, ScoredLineRow
 
@@ -361,37 +363,16 @@ def harvest_due(store: LabelStore, open_api: Callable[[PullRequestRow], Feedback
 
 
 def feedback_job(event: str, payload: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The small job for a feedback webhook, or None if the delivery carries no feedback.
+    """The JSON document of the job for a feedback webhook, or None if the delivery carries no
+    feedback; PayloadError (a ValueError naming the field) when it does not fit its schema.
 
-    ``bot.webhook.job_for_event`` should return this for ``pull_request_review_thread`` and
-    ``pull_request_review_comment``; the worker runs ``handle_feedback_job`` on it.
+    ``bot.webhook.job_for_event`` builds the same job (``bot.jobs.FeedbackJob``) for
+    ``pull_request_review_thread`` and ``pull_request_review_comment``; the worker runs
+    ``handle_feedback_job`` on it.
     """
-    action = payload.get("action", "")
-    repo = payload.get("repository") or {}
-    pr = payload.get("pull_request") or {}
-    sender = payload.get("sender") or {}
-    base = {"kind": "feedback", "event": event, "action": action,
-            "installation_id": (payload.get("installation") or {}).get("id"),
-            "repo_full_name": repo.get("full_name"), "number": pr.get("number"),
-            "author": (pr.get("user") or {}).get("login"),
-            "sender": {"login": sender.get("login"), "type": sender.get("type")}}
-    if event == "pull_request_review_thread" and action in ("resolved", "unresolved"):
-        comments = (payload.get("thread") or {}).get("comments") or []
-        base["comments"] = [{"id": c.get("id"), "in_reply_to_id": c.get("in_reply_to_id"),
-                             "user": {"login": (c.get("user") or {}).get("login"),
-                                      "type": (c.get("user") or {}).get("type")},
-                             "marker": parse_marker(c.get("body") or "")} for c in comments]
-        return base
-    if event == "pull_request_review_comment" and action == "created":
-        c = payload.get("comment") or {}
-        if not c.get("in_reply_to_id"):
-            return None
-        base["comment"] = {"id": c.get("id"), "in_reply_to_id": c.get("in_reply_to_id"),
-                           "user": {"login": (c.get("user") or {}).get("login"),
-                                    "type": (c.get("user") or {}).get("type")},
-                           "body": (c.get("body") or "")[:500]}
-        return base
-    return None
+    ev = read_event(event, payload)
+    job = feedback_job_for(ev) if isinstance(ev, (ReviewThreadEvent, ReviewCommentEvent)) else None
+    return job.to_json() if job else None
 
 
 def handle_feedback_job(store: LabelStore, job: Mapping[str, Any], api: FeedbackAPI | None = None) -> str:

@@ -1,7 +1,8 @@
 """The GitHub App's front door: verify, de-duplicate, turn the event into a small job, enqueue.
 
 No GitHub API call happens here: GitHub gives up on a delivery after 10 s (github-bot.md §3.3),
-so the request path is signature check -> Redis ``SET NX`` -> ``enqueue(job)`` -> 202.
+so the request path is signature check -> schema (``bot.events``) -> Redis ``SET NX`` ->
+``enqueue(job)`` -> 202.
 This module must stay light (no torch, no PyGithub): the web process only imports it.
 """
 
@@ -19,12 +20,28 @@ from typing import Any, Protocol
 from flask import Flask, Response, jsonify, request
 
 from bot.config import Settings
+from bot.events import (
+    CheckRunEvent,
+    InstallationEvent,
+    PullRequest,
+    PullRequestEvent,
+    ReviewCommentEvent,
+    ReviewThreadEvent,
+    read_action,
+    read_event,
+)
+from bot.jobs import (
+    Job,
+    check_run_job,
+    feedback_job_for,
+    installation_job,
+    pull_request_facts,
+    pull_request_job,
+)
+from bot.schema import PayloadError, read
 
 log = logging.getLogger(__name__)
 
-PR_ACTIONS = frozenset({"opened", "synchronize", "reopened", "ready_for_review", "closed"})
-CHECK_RUN_ACTIONS = frozenset({"rerequested", "requested_action"})
-INSTALLATION_EVENTS = frozenset({"installation", "installation_repositories"})
 DELIVERY_TTL_SECONDS = 7 * 24 * 3600  # github-bot.md §3.2
 
 
@@ -91,65 +108,42 @@ class MemoryDeliveryDeduper:
             self._seen.discard(delivery_id)
 
 
-def _repo_fields(payload: dict[str, Any]) -> dict[str, Any]:
-    repo = payload.get("repository") or {}
-    owner = (repo.get("owner") or {}).get("login") or repo.get("full_name", "/").split("/")[0]
-    return {"repo_id": repo.get("id"), "owner": owner, "repo": repo.get("name"),
-            "default_branch": repo.get("default_branch")}
-
-
-def pull_request_fields(pr: dict[str, Any]) -> dict[str, Any]:
+def pull_request_fields(pr: Any) -> dict[str, Any]:
     """What a review job says about its PR, from a webhook's ``pull_request`` object or the same
-    object as the REST API returns it (a fork's check-run re-run finds its PR that way)."""
-    head, base_ref = pr.get("head") or {}, pr.get("base") or {}
-    return {"number": pr.get("number"),
-            "head_sha": head.get("sha"), "head_ref": head.get("ref", ""),
-            "head_repo": (head.get("repo") or {}).get("full_name"),
-            "base_ref": base_ref.get("ref", ""),
-            "draft": bool(pr.get("draft")),
-            "merged": bool(pr.get("merged")),
-            "author": (pr.get("user") or {}).get("login"),
-            "labels": [lab.get("name", "") for lab in pr.get("labels") or []]}
+    object as the REST API returns it (a fork's check-run re-run finds its PR that way); read
+    through the same schema, so PayloadError names a field that does not fit. Plain JSON values."""
+    facts = pull_request_facts(read(PullRequest, pr, "pull_request"))
+    return {**facts, "labels": list(facts["labels"])}
 
 
-def job_for_event(event: str, payload: dict[str, Any], settings: Settings) -> tuple[dict[str, Any] | None, str]:
-    """The job dict for one delivery, or ``(None, why)`` when there is nothing to do.
+def job_for_event(event: str, payload: Any, settings: Settings, *,
+                  installation_id: int | None = None) -> tuple[Job | None, str]:
+    """The typed job for one delivery, or ``(None, why)`` when there is nothing to do.
 
-    Jobs carry identifiers only (never tokens or diff text); workers fetch the rest.
+    Raises PayloadError (a ValueError naming the field) when a delivery ptbot handles does not
+    fit its schema (``bot.events``). ``installation_id`` stands in when the payload names no
+    installation (a workflow's event payload); a GitHub App delivery always names one.
     """
-    action = payload.get("action", "")
-    base = {"event": event, "action": action,
-            "installation_id": (payload.get("installation") or {}).get("id")}
-    if event == "pull_request":
-        if action not in PR_ACTIONS:
-            return None, f"pull_request.{action} is not handled"
-        pr = payload.get("pull_request") or {}
-        if action != "closed" and pr.get("draft") and not settings.review_drafts:
+    action = read_action(payload)
+    ev = read_event(event, payload)
+    if isinstance(ev, PullRequestEvent):
+        if action != "closed" and ev.pull_request.draft and not settings.review_drafts:
             return None, "draft pull request (drafts are not reviewed on this deployment)"
-        return {**base, **_repo_fields(payload),
-                "kind": "closed" if action == "closed" else "review",
-                **pull_request_fields(pr), "number": pr.get("number", payload.get("number"))}, "ok"
-    if event == "check_run":
-        if action not in CHECK_RUN_ACTIONS:
-            return None, f"check_run.{action} is not handled"
-        run = payload.get("check_run") or {}
-        # Fork PRs come with an empty pull_requests list; the worker maps head_sha -> PR.
-        numbers = [p.get("number") for p in run.get("pull_requests") or [] if p.get("number")]
-        return {**base, **_repo_fields(payload), "kind": "rescore",
-                "check_run_id": run.get("id"), "head_sha": run.get("head_sha"),
-                "external_id": run.get("external_id"), "numbers": numbers,
-                "requested_action": (payload.get("requested_action") or {}).get("identifier")}, "ok"
-    if event in INSTALLATION_EVENTS:
-        inst = payload.get("installation") or {}
-        repos = {key: [r.get("full_name") for r in payload.get(key) or []]
-                 for key in ("repositories", "repositories_added", "repositories_removed")}
-        return {**base, "kind": "installation",
-                "account": (inst.get("account") or {}).get("login"), **repos}, "ok"
-    if event in ("pull_request_review_thread", "pull_request_review_comment"):
-        from bot.feedback import feedback_job  # SQLAlchemy, but neither torch nor PyGithub
-
-        job = feedback_job(event, payload)
+        inst = ev.installation.id if ev.installation else installation_id
+        if inst is None:
+            raise PayloadError("installation", "is required (deliveries to a GitHub App name their installation)")
+        return pull_request_job(ev, inst), "ok"
+    if isinstance(ev, CheckRunEvent):
+        return check_run_job(ev), "ok"
+    if isinstance(ev, InstallationEvent):
+        return installation_job(event, ev), "ok"
+    if isinstance(ev, (ReviewThreadEvent, ReviewCommentEvent)):
+        job = feedback_job_for(ev)
         return (job, "ok") if job else (None, f"{event}.{action} carries no feedback")
+    if event in ("pull_request", "check_run"):
+        return None, f"{event}.{action} is not handled"
+    if event in ("pull_request_review_thread", "pull_request_review_comment"):
+        return None, f"{event}.{action} carries no feedback"
     return None, f"event {event!r} is not handled"
 
 
@@ -182,8 +176,10 @@ def create_app(settings: Settings, enqueue: Callable[[dict[str, Any]], str],
                dedupe: DeliveryDeduper) -> Flask:
     """The webhook app: ``POST /webhook``, ``GET /healthz``, ``GET /metrics``.
 
-    ``enqueue(job) -> job id`` hands the job to the queue (Celery ``send_task`` or an in-process
-    runner); ``dedupe`` remembers delivery ids.
+    ``enqueue(job) -> job id`` hands the job's JSON document (``bot.jobs``: typed fields only,
+    never the raw payload) to the queue (Celery ``send_task`` or an in-process runner);
+    ``dedupe`` remembers delivery ids. A handled delivery whose payload does not fit its schema
+    gets 400 with a one-line reason naming the field, and nothing is enqueued.
     """
     app = Flask(__name__)
     metrics = DeliveryMetrics()
@@ -211,29 +207,35 @@ def create_app(settings: Settings, enqueue: Callable[[dict[str, Any]], str],
             payload = json.loads(raw)
             if not isinstance(payload, dict):
                 raise ValueError("payload is not a JSON object")
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: arrays nested thousands deep
+            log.warning("delivery %s (%s): refused, invalid JSON: %s", delivery, event, e)
             return answer(event, "bad_payload", 400, error=f"invalid JSON: {e}")
         if not event or not delivery:
             return answer(event, "bad_payload", 400, error="X-GitHub-Event and X-GitHub-Delivery are required")
         if event == "ping":
             return answer(event, "pong", 200, zen=payload.get("zen", ""))
 
-        job, why = job_for_event(event, payload, settings)
+        try:
+            job, why = job_for_event(event, payload, settings)
+        except PayloadError as e:
+            # Signed, so it came from GitHub: a shape ptbot does not know, not an attack. Nothing
+            # is enqueued; the 400 and its reason show up in the App's delivery log.
+            log.warning("delivery %s (%s): refused, the payload does not fit: %s", delivery, event, e)
+            return answer(event, "bad_payload", 400, error=str(e))
         if job is None:
             log.info("delivery %s ignored: %s", delivery, why)
             return answer(event, "ignored", 200, reason=why)
         if not dedupe.first_time(delivery):
             log.info("delivery %s already seen: not enqueued again", delivery)
             return answer(event, "duplicate", 200)
-        job["delivery"] = delivery
         try:
-            job_id = enqueue(job)
+            job_id = enqueue(job.replace(delivery=delivery).to_json())
         except Exception:
             # Let a manual redelivery through: the delivery was never queued.
             dedupe.forget(delivery)
             log.exception("delivery %s: enqueue failed", delivery)
             return answer(event, "error", 503, error="could not enqueue")
-        log.info("delivery %s (%s.%s) enqueued as %s", delivery, event, job.get("action"), job_id)
+        log.info("delivery %s (%s.%s) enqueued as %s", delivery, event, job.action, job_id)
         return answer(event, "enqueued", 202, job_id=job_id)
 
     @app.get("/healthz")

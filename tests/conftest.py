@@ -70,7 +70,7 @@ def smollm2_supervisor(ptbot_cache_dir):
     """The real embedded SmolLM2-135M supervisor (truncated at its default layer), loaded once."""
     from analyzer.supervisor import Supervisor, SupervisorConfig
 
-    return Supervisor.load(SupervisorConfig(cache_dir=ptbot_cache_dir, device="cpu"))
+    return Supervisor.load(SupervisorConfig(model="smollm2", cache_dir=ptbot_cache_dir, device="cpu"))
 
 
 TINY_CODE = '''def add(a, b):

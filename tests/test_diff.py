@@ -431,10 +431,27 @@ def test_overfull_hunk() -> None:
     ("@@ -1 +1 @@\n-a\n+b\n", "without a file header"),
     ("diff --cc m.py\nindex 1,2..3\n", "combined"),
     ('diff --git "a/x.py b/x.py\n', "unterminated quoted path"),
+    ("diff --git a/x.py b/x.py\n--- a/x.py\n+++ b/x.py\n a\n@@ -5 +5 @@\n-c\n+d\n",
+     "outside any hunk"),
+    ("diff --git a/x.py b/y.py\nnew file mode 100644\nrename from x.py\nrename to y.py\n",
+     "corrupt"),
 ])
 def test_corrupt(text: str, match: str) -> None:
     with pytest.raises(DiffError, match=match):
         parse_diff(text)
+
+
+def test_noprefix_diff_of_a_path_with_spaces_says_how_to_make_one_that_parses() -> None:
+    """unidiff splits a 'diff --git' line without a/ b/ prefixes at its last space, so it cannot
+    read such a diff of a path with a space: refused, with the command that makes a readable one."""
+    text = ("diff --git my dir/a b.py my dir/a b.py\nindex 0cfbf08..00750ed 100644\n"
+            "--- my dir/a b.py\t\n+++ my dir/a b.py\t\n@@ -1 +1 @@\n-2\n+3\n")
+    with pytest.raises(DiffError, match="git -c diff.noprefix=false diff"):
+        parse_diff(text)
+    prefixed = ("diff --git a/my dir/a b.py b/my dir/a b.py\nindex 0cfbf08..00750ed 100644\n"
+                "--- a/my dir/a b.py\t\n+++ b/my dir/a b.py\t\n@@ -1 +1 @@\n-2\n+3\n")
+    (f,) = parse_diff(prefixed)
+    assert (f.path, f.added_linenos()) == ("my dir/a b.py", [1])
 
 
 def test_diff_error_is_a_value_error() -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from analyzer.supervisor import (EMBEDDED, Supervisor, SupervisorConfig, SupervisorError,
+from analyzer.embedded import REGISTRY
+from analyzer.supervisor import (Supervisor, SupervisorConfig, SupervisorError,
                                  _token_batches, _windows)
 from conftest import TINY_CODE
 
@@ -259,7 +260,7 @@ def test_gguf_cache_second_load_reads_the_cache(smollm2_supervisor, ptbot_cache_
     assert {p.name: p.stat().st_mtime_ns for p in entry.iterdir()} == before
     assert again.info == smollm2_supervisor.info
     # the weights hash of the GGUF file is recorded, not recomputed from the cache
-    assert len(again.info.sha256) == 64 and again.info.source == EMBEDDED["smollm2"][2]
+    assert len(again.info.sha256) == 64 and again.info.source == REGISTRY["smollm2"].upstream
 
 
 def _cache_entry(sup: Supervisor) -> Path:

@@ -37,6 +37,12 @@ MINE_RANGE_TASK = "ptbot.mine_range"
 """``ptbot mine-repo --queue``: one range of commits (cpu queue)."""
 EXTRACT_SHARD_TASK = "ptbot.extract_shard"
 """``ptbot extract --queue``: one shard of line states (gpu queue)."""
+ADAPT_TASK = "ptbot.adapt"
+"""One repository's scheduled ``ptbot adapt`` (gpu queue)."""
+ADAPT_SCHEDULE_TASK = "ptbot.adapt_schedule"
+"""Beat: one ``ADAPT_TASK`` per mirrored repository (cpu queue)."""
+ADAPT_EVERY_SECONDS = 7 * 24 * 3600.0
+"""How often beat re-adapts every mirrored repository (weekly)."""
 HARVEST_EVERY_SECONDS = 300.0
 """How often beat looks for PRs due a poll (each PR has its own decaying schedule)."""
 
@@ -177,3 +183,23 @@ def worker_argv(queues: str, concurrency: int, loglevel: str = "INFO") -> list[s
         raise ValueError(f"--concurrency must be at least 1, got {concurrency}")
     return ["worker", f"--queues={','.join(names)}", f"--concurrency={concurrency}",
             f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
+
+
+# ----- scheduled per-repository adaptation: opt in with enable_adaptation ------------------------
+
+
+def enable_adaptation(app: Celery, every: float = ADAPT_EVERY_SECONDS) -> None:
+    """Re-run ``ptbot adapt`` every ``every`` seconds for each repository mirrored under
+    ``Settings.adapt_mirrors`` (beat sends one task per repository to the gpu queue; its model
+    home is ``Settings.model_homes/owner/name``). Adds to any beat schedule already set."""
+    from workers.tasks import register_adaptation_tasks
+
+    if every <= 0:
+        raise ValueError(f"the adaptation interval must be > 0 seconds, got {every}")
+    register_adaptation_tasks(app, app.ptbot_runtime,  # type: ignore[attr-defined]
+                              gpu_queue=app.ptbot_config.gpu_queue,  # type: ignore[attr-defined]
+                              max_deliveries=app.ptbot_config.max_deliveries)  # type: ignore[attr-defined]
+    cpu = app.ptbot_config.cpu_queue  # type: ignore[attr-defined]
+    app.conf.beat_schedule = {**(app.conf.beat_schedule or {}),
+                              "ptbot-adapt": {"task": ADAPT_SCHEDULE_TASK, "schedule": every,
+                                              "options": {"queue": cpu}}}

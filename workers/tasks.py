@@ -15,12 +15,13 @@ import os
 import queue
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from analyzer.artifact import ArtifactError, default_model_dir, read_manifest, resolve_model_dir
 from bot.config import Settings
 from bot.github import GitHubApp
+from bot.jobs import Job, read_job
 from bot.pr_review import (
     MemoryLedger,
     Outcome,
@@ -35,6 +36,7 @@ from bot.pr_review import (
 )
 from bot.render import Renderer
 from bot.review import Scorer
+from bot.schema import Fields, PayloadError
 from bot.webhook import pull_request_fields
 from workers.celery_app import FEEDBACK_TASK, HARVEST_TASK, PUBLISH_TASK, REVIEW_TASK, SCORE_TASK
 
@@ -46,23 +48,30 @@ class PoisonJob(RuntimeError):
     """A task delivered more often than the cap allows: it is failed instead of redelivered."""
 
 
-def load_scorer(settings: Settings) -> Scorer:
-    """The RiskScorer of ``settings.model`` (default: the packaged model); imports torch."""
+def load_scorer(settings: Settings, model: str | None = None) -> Scorer:
+    """The RiskScorer of ``model`` (default: ``settings.model``, else the packaged model); imports torch."""
     from analyzer.score import RiskScorer
     from analyzer.supervisor import SupervisorConfig
 
     cfg = SupervisorConfig(device=settings.device, cache_dir=settings.cache_path)
-    return RiskScorer.load(settings.model or None, supervisor=cfg)
+    return RiskScorer.load(model or settings.model or None, supervisor=cfg)
 
 
-def expected_model_version(settings: Settings) -> str | None:
+def job_repository(job: dict[str, Any]) -> str | None:
+    """``owner/name`` of the repository a review job is about (None when the job does not say)."""
+    owner, name = job.get("owner"), job.get("repo")
+    return f"{owner}/{name}" if owner and name else None
+
+
+def expected_model_version(settings: Settings, repository: str | None = None) -> str | None:
     """``name@version`` of the configured model, read from its manifest without loading it.
 
     Lets CPU workers (which never load the model) recognise a job key that is already done.
     None when the manifest cannot be read; then only ``publish`` checks the key.
     """
+    model = settings.model_for(repository)
     try:
-        model_dir = resolve_model_dir(settings.model) if settings.model else default_model_dir()
+        model_dir = resolve_model_dir(model) if model else default_model_dir()
         manifest = read_manifest(model_dir)
     except (ArtifactError, OSError, ValueError):
         return None
@@ -98,9 +107,12 @@ class WorkerRuntime:
                  scorer_factory: Callable[[], Scorer] | None = None,
                  github_factory: Callable[[], GitHubApp] | None = None,
                  ledger_factory: Callable[[], ReviewLedger] | None = None,
-                 model_version: str | None = None) -> None:
+                 model_version: str | None = None,
+                 repository_scorer_factory: Callable[[str], Scorer] | None = None) -> None:
         self.settings = settings
         self._scorer_factory = scorer_factory or (lambda: load_scorer(settings))
+        # A repository with a model of its own (``Settings.model_homes``) is scored by it.
+        self._repository_scorer_factory = repository_scorer_factory or (lambda model: load_scorer(settings, model))
         self._github_factory = github_factory or (lambda: shared_github(settings))
         self._ledger_factory = ledger_factory or (lambda: RedisLedger.from_url(settings.redis_url))
         self._model_version = model_version
@@ -123,8 +135,25 @@ class WorkerRuntime:
                 self._cache[name] = factory()
             return self._cache[name]
 
-    def scorer(self) -> Scorer:
-        return self._get("scorer", self._scorer_factory)
+    def scorer(self, repository: str | None = None) -> Scorer:
+        """The scorer for ``repository``: its own promoted model, else the deployment's.
+
+        The repository's HOME pointer is read on every call, so a promotion or a rollback is
+        served from the next job on; the version it replaces is dropped from this process.
+        """
+        own = self.settings.model_for(repository) if repository else self.settings.model
+        if not repository or own == self.settings.model:
+            return self._get("scorer", self._scorer_factory)
+        version_dir = str(resolve_model_dir(own))
+        key = f"scorer:{own}"
+        with self._lock:
+            held = self._cache.get(key)
+            if held is not None and held[0] == version_dir and self._pid == os.getpid():
+                return held[1]
+        scorer = self._repository_scorer_factory(own)
+        with self._lock:
+            self._cache[key] = (version_dir, scorer)
+        return scorer
 
     def github(self) -> GitHubApp:
         return self._get("github", self._github_factory)
@@ -135,17 +164,36 @@ class WorkerRuntime:
     def renderer(self) -> Renderer:
         return self._get("renderer", Renderer)
 
-    def model_version(self) -> str | None:
+    def model_version(self, repository: str | None = None) -> str | None:
+        if repository and self.settings.model_for(repository) != self.settings.model:
+            return expected_model_version(self.settings, repository)  # follows the HOME's pointer
         if self._model_version is None:
             self._model_version = expected_model_version(self.settings) or ""
         return self._model_version or None
 
-    def pull_request(self, job: dict[str, Any]) -> Any:
+    def pull_request(self, job: Mapping[str, Any]) -> Any:
         return self.github().pull_request(int(job["installation_id"]), job["owner"], job["repo"],
                                           int(job["number"]))
 
 
-def review_jobs(job: dict[str, Any]) -> list[dict[str, Any]]:
+def derived_job(job: Mapping[str, Any], **changes: Any) -> Mapping[str, Any]:
+    """``job`` with ``changes``: a typed job is read through its schema again (and stays typed
+    and frozen), a plain dict stays a dict."""
+    return job.replace(**changes) if isinstance(job, Fields) else dict(job, **changes)
+
+
+def read_task_job(raw: Any, task: str) -> Job | None:
+    """A task's job read back into its type (``bot.jobs.read_job``); None, logged with the delivery
+    id, when it does not fit: a malformed job fails the same way on every retry, so it is dropped."""
+    try:
+        return read_job(raw)
+    except PayloadError as e:
+        delivery = raw.get("delivery") if isinstance(raw, Mapping) else None
+        log.error("%s: dropping a job that does not fit its schema (delivery %s): %s", task, delivery, e)
+        return None
+
+
+def review_jobs(job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The per-PR review jobs a webhook job stands for (a re-score may name several PRs)."""
     kind = job.get("kind")
     if kind == "review":
@@ -157,17 +205,17 @@ def review_jobs(job: dict[str, Any]) -> list[dict[str, Any]]:
             # Fork PRs: GitHub sends an empty pull_requests list (github-bot.md §3.6).
             log.info("check_run %s on %s names no pull request (a fork PR?): see fork_rescore_jobs",
                      job.get("check_run_id"), job.get("head_sha"))
-        return [dict(job, number=n, force=True) for n in job.get("numbers") or []]
+        return [derived_job(job, number=n, force=True) for n in job.get("numbers") or []]
     log.info("job kind %r needs no review work (delivery %s)", kind, job.get("delivery"))
     return []
 
 
-def needs_pull_lookup(job: dict[str, Any]) -> bool:
+def needs_pull_lookup(job: Mapping[str, Any]) -> bool:
     """A check-run re-run that named no PR: GitHub leaves ``pull_requests`` empty for forks."""
     return job.get("kind") == "rescore" and not job.get("number") and not job.get("numbers")
 
 
-def fork_rescore_jobs(github: GitHubApp, job: dict[str, Any]) -> list[dict[str, Any]]:
+def fork_rescore_jobs(github: GitHubApp, job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """Review jobs for a re-run that named no PR: one per open PR whose head is the run's SHA,
     shaped like a ``pull_request`` job and forced (a re-run must run even if the key is done).
     When there is none, the check run is completed neutral with the reason, not left hanging."""
@@ -177,7 +225,7 @@ def fork_rescore_jobs(github: GitHubApp, job: dict[str, Any]) -> list[dict[str, 
     if pulls:
         log.info("check_run %s: head %s is %s/%s#%s", job.get("check_run_id"), sha[:12], owner, repo,
                  ", #".join(str(p.get("number")) for p in pulls))
-        return [dict(job, **pull_request_fields(p), force=True) for p in pulls]
+        return [derived_job(job, **pull_request_fields(p), force=True) for p in pulls]
     log.warning("check_run %s on %s/%s: no open pull request has head %s; completing it neutral",
                 job.get("check_run_id"), owner, repo, sha[:12])
     github.complete_check_run(
@@ -190,7 +238,7 @@ def fork_rescore_jobs(github: GitHubApp, job: dict[str, Any]) -> list[dict[str, 
     return []
 
 
-def expand_job(runtime: WorkerRuntime, job: dict[str, Any]) -> list[dict[str, Any]]:
+def expand_job(runtime: WorkerRuntime, job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """``review_jobs``, with a fork PR's re-run matched to its PR through GitHub."""
     jobs = review_jobs(job)
     if not jobs and needs_pull_lookup(job):
@@ -231,16 +279,20 @@ def register_tasks(app: Any, runtime: WorkerRuntime, *, cpu_queue: str, gpu_queu
     """Define the three tasks on ``app`` (a Celery app built by ``workers.celery_app``)."""
 
     @app.task(bind=True, shared=False, name=REVIEW_TASK)
-    def review_task(self: Any, job: dict[str, Any]) -> dict[str, Any]:
+    def review_task(self: Any, raw: dict[str, Any]) -> dict[str, Any]:
         count_delivery(runtime.ledger(), self.request.id, REVIEW_TASK, max_deliveries)
+        job = read_task_job(raw, REVIEW_TASK)
+        if job is None:
+            return {"status": "invalid_job"}
         if feedback_wanted(runtime, job):  # label work (issue 6) runs beside the review
-            self.app.send_task(FEEDBACK_TASK, args=[job], queue=cpu_queue)
+            self.app.send_task(FEEDBACK_TASK, args=[job.to_json()], queue=cpu_queue)
         jobs = expand_job(runtime, job)
         if jobs != [job]:  # a re-score of several PRs (one task each), or nothing to review
-            ids = [self.app.send_task(REVIEW_TASK, args=[j], queue=cpu_queue).id for j in jobs]
+            ids = [self.app.send_task(REVIEW_TASK, args=[j.to_json()], queue=cpu_queue).id for j in jobs]
             return {"status": "fanned_out" if ids else "ignored", "tasks": ids}
         result = prepare(job, runtime.pull_request(job), runtime.settings.repo_defaults,
-                         runtime.ledger(), runtime.renderer(), model_version=runtime.model_version())
+                         runtime.ledger(), runtime.renderer(),
+                         model_version=runtime.model_version(job_repository(job)))
         if isinstance(result, Outcome):
             log.info("review of %s/%s#%s: %s (%s)", job.get("owner"), job.get("repo"),
                      job.get("number"), result.status, result.detail)
@@ -255,7 +307,7 @@ def register_tasks(app: Any, runtime: WorkerRuntime, *, cpu_queue: str, gpu_queu
         except PoisonJob as e:
             give_up(runtime, prepared, str(e))
             raise
-        scored = score(Prepared.from_dict(prepared), runtime.scorer())
+        scored = score(Prepared.from_dict(prepared), runtime.scorer(job_repository(prepared["job"])))
         sent = self.app.send_task(PUBLISH_TASK, args=[scored.to_dict()], queue=cpu_queue)
         return {"status": "publishing", "task": sent.id, "scored": scored.scored}
 
@@ -299,14 +351,14 @@ def feedback_sink(runtime: WorkerRuntime) -> Any:
     return StoreFeedback(store, getattr(runtime, "feedback_settings", None))
 
 
-def feedback_wanted(runtime: WorkerRuntime, job: dict[str, Any]) -> bool:
+def feedback_wanted(runtime: WorkerRuntime, job: Mapping[str, Any]) -> bool:
     """Does this webhook job carry label work: a feedback event, a push or a close?"""
     if not getattr(runtime, "feedback_url", None):
         return False
     return job.get("kind") in ("feedback", "closed") or job.get("action") == "synchronize"
 
 
-def run_feedback_job(runtime: WorkerRuntime, job: dict[str, Any]) -> dict[str, Any]:
+def run_feedback_job(runtime: WorkerRuntime, job: Mapping[str, Any]) -> dict[str, Any]:
     """Store the labels one webhook job implies (threads, replies, pushes, merges)."""
     from bot.feedback import GitHubFeedbackAPI, handle_feedback_job, handle_pull_request_job, pr_text_reader
 
@@ -336,8 +388,9 @@ def register_feedback_tasks(app: Any, runtime: WorkerRuntime) -> dict[str, Any]:
     """Define the feedback task (webhook label work) and the harvest task (Celery beat)."""
 
     @app.task(shared=False, name=FEEDBACK_TASK)
-    def feedback_task(job: dict[str, Any]) -> dict[str, Any]:
-        return run_feedback_job(runtime, job)
+    def feedback_task(raw: dict[str, Any]) -> dict[str, Any]:
+        job = read_task_job(raw, FEEDBACK_TASK)
+        return run_feedback_job(runtime, job) if job is not None else {"status": "invalid_job"}
 
     @app.task(shared=False, name=HARVEST_TASK)
     def harvest_task(force: bool = False) -> dict[str, Any]:
@@ -378,8 +431,10 @@ class InProcessQueue:
             try:
                 if job is None:
                     return
-                for j in expand_job(self.runtime, job):
-                    outcome = run_review(j, self.runtime.pull_request(j), self.runtime.scorer(),
+                typed = read_task_job(job, f"eager job {job['_id']}")
+                jobs = expand_job(self.runtime, typed) if typed is not None else []
+                for j in jobs:
+                    outcome = run_review(j, self.runtime.pull_request(j), self.runtime.scorer(job_repository(j)),
                                          self.runtime.renderer(), self.runtime.ledger(),
                                          self.runtime.settings.repo_defaults, owner=job["_id"])
                     self.outcomes.append(outcome)
@@ -464,3 +519,69 @@ def register_scaleout_tasks(app: Any, runtime: WorkerRuntime, *, max_deliveries:
             raise
 
     return {MINE_RANGE_TASK: mine_range_task, EXTRACT_SHARD_TASK: extract_shard_task}
+
+
+# ----- scheduled per-repository adaptation: workers.celery_app.enable_adaptation ----------------
+
+
+ADAPT_TIME_LIMIT = 6 * 3600
+"""Seconds one repository's adaptation may take (mining, reading the code, training)."""
+
+
+def mirrored_repositories(settings: Settings) -> list[str]:
+    """``owner/name`` of every repository mirrored under ``settings.adapt_mirrors`` (sorted)."""
+    from pathlib import Path
+
+    if not settings.adapt_mirrors:
+        return []
+    root = Path(settings.adapt_mirrors).expanduser()
+    return sorted(f"{owner.name}/{repo.name}" for owner in root.iterdir() if owner.is_dir()
+                  for repo in owner.iterdir()
+                  if (repo / ".git").exists() or (repo / "HEAD").is_file()) if root.is_dir() else []
+
+
+def run_adaptation(runtime: WorkerRuntime, repository: str) -> dict[str, Any]:
+    """``ptbot adapt`` for one mirrored repository into its home; a repeat on an unchanged
+    history (a redelivery) finds the version it made and trains nothing."""
+    from pathlib import Path
+
+    from analyzer.versions import repository_home
+    from workers.adapt import AdaptBusy, AdaptJob, adapt_repository
+
+    settings = runtime.settings
+    mirror = Path(settings.adapt_mirrors).expanduser() / repository
+    home = repository_home(Path(settings.model_homes).expanduser(), repository)
+    try:
+        result = adapt_repository(AdaptJob(repo=str(mirror), home=home, repository=repository), settings)
+    except AdaptBusy as e:
+        log.info("adapt %s: %s", repository, e)
+        return {"status": "busy", "repository": repository}
+    except ValueError as e:  # e.g. no fix after the cut yet: nothing to judge on this week
+        log.info("adapt %s: not adapted: %s", repository, e)
+        return {"status": "skipped", "repository": repository, "reason": str(e)}
+    status = "already_adapted" if result.reused else ("promoted" if result.promoted else "refused")
+    log.info("adapt %s: %s version %s (%s)", repository, status, result.version, result.reason)
+    return {"status": status, "repository": repository, "version": result.version}
+
+
+def register_adaptation_tasks(app: Any, runtime: WorkerRuntime, *, gpu_queue: str,
+                              max_deliveries: int) -> dict[str, Any]:
+    """Define the beat task (one adapt task per mirrored repository) and the adapt task."""
+    from workers.celery_app import ADAPT_SCHEDULE_TASK, ADAPT_TASK
+
+    @app.task(bind=True, shared=False, name=ADAPT_SCHEDULE_TASK)
+    def adapt_schedule_task(self: Any) -> dict[str, Any]:
+        repos = mirrored_repositories(runtime.settings)
+        for repository in repos:
+            self.app.send_task(ADAPT_TASK, args=[{"repository": repository}], queue=gpu_queue)
+        return {"status": "scheduled", "repositories": repos}
+
+    # Mining and training take far longer than a review. A redelivery while this still runs (the
+    # broker's visibility timeout is sized for reviews) finds the home locked and ends as "busy".
+    @app.task(bind=True, shared=False, name=ADAPT_TASK, soft_time_limit=ADAPT_TIME_LIMIT,
+              time_limit=ADAPT_TIME_LIMIT + 600)
+    def adapt_task(self: Any, job: dict[str, Any]) -> dict[str, Any]:
+        count_delivery(runtime.ledger(), self.request.id, ADAPT_TASK, max_deliveries)
+        return run_adaptation(runtime, str(job["repository"]))
+
+    return {ADAPT_SCHEDULE_TASK: adapt_schedule_task, ADAPT_TASK: adapt_task}
