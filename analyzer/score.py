@@ -16,6 +16,7 @@ import torch
 
 from analyzer import artifact
 from analyzer.calibrate import Calibrator
+from analyzer.comments import comment_lines
 from analyzer.features import FeatureConfig, extract, ranker_inputs
 from analyzer.languages import language_for_path
 from analyzer.ranker import load_ranker
@@ -92,13 +93,15 @@ class RiskScorer:
         """Score many files in one batched pass. Each file's lines are ranked within the file.
 
         Every scorable line of a file is read in whole-file context (the ranker's centred
-        features compare a line with the rest of its file); only the requested lines are returned.
+        features compare a line with the rest of its file, comments included, as in training);
+        only the requested lines are returned, and never a comment or docstring line
+        (``analyzer.comments``): those are no risk candidates.
         """
         langs = [r.language or language_for_path(r.path) for r in requests]
         snippets = extract(self.sup, [r.text for r in requests], langs, self.features,
                            progress=progress, desc="scoring")
         results: list[list[LineScore]] = []
-        for req, sn in zip(requests, snippets):
+        for req, lang, sn in zip(requests, langs, snippets):
             if not sn.lines:
                 results.append([])
                 continue
@@ -108,7 +111,9 @@ class RiskScorer:
             logits = self.ranker(x, tokens).float().numpy()     # (n,)
             probs = self.calibrator.predict(logits)
             centred = (z - z.mean(dim=0, keepdim=True)).numpy()
-            keep = [i for i, s in enumerate(sn.lines) if req.lines is None or s.line in req.lines]
+            comments = comment_lines(req.text, lang)
+            keep = [i for i, s in enumerate(sn.lines)
+                    if (req.lines is None or s.line in req.lines) and s.line not in comments]
             keep.sort(key=lambda i: -logits[i])
             results.append([
                 LineScore(path=req.path, line=sn.lines[i].line, text=sn.lines[i].text,

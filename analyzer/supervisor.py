@@ -17,11 +17,14 @@ Line mapping (which token's state belongs to which line) lives in ``analyzer.lin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -154,12 +157,18 @@ def _gguf_cache(gguf: Path, display: str, cache_dir: Path, progress: bool) -> tu
         if meta.get("format") == _CACHE_FORMAT:
             return target, meta["sha256"]
     log.info("first load of %s: dequantizing GGUF weights into %s (once)", display, target)
+    if progress:
+        print(f"preparing the supervisor model {display}, once: {_first_load_estimate(stat.st_size)}",
+              file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                 dtype=torch.float32)
+    # transformers' GGUF converter draws its bar with plain tqdm, deaf to transformers' own
+    # progress-bar switch: when that switch is off, the bar (and the converter's chatter) goes too.
+    with _third_party_stderr():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                     dtype=torch.float32)
     tok.save_pretrained(tmp)
     model.config.save_pretrained(tmp)
     state = model.state_dict()
@@ -177,7 +186,27 @@ def _gguf_cache(gguf: Path, display: str, cache_dir: Path, progress: bool) -> tu
     else:
         tmp.rename(target)
     log.info("cached %s in %.1fs", display, time.perf_counter() - t0)
+    if progress:
+        print(f"supervisor model ready in {time.perf_counter() - t0:.0f} s (cached in {target})",
+              file=sys.stderr, flush=True)
     return target, digest
+
+
+def _first_load_estimate(gguf_bytes: int) -> str:
+    """How long the one-time GGUF conversion takes, roughly (SmolLM2's 98 MB file: about a minute
+    on a laptop CPU, most of it converting the tokenizer)."""
+    if gguf_bytes < 20_000_000:
+        return "a few seconds"
+    return "~1 min" if gguf_bytes < 150_000_000 else "a few minutes"
+
+
+def _third_party_stderr() -> contextlib.AbstractContextManager:
+    """Swallow stderr while transformers' progress bars are switched off, else leave it alone."""
+    from transformers.utils import logging as transformers_logging
+
+    if transformers_logging.is_progress_bar_enabled():
+        return contextlib.nullcontext()
+    return contextlib.redirect_stderr(io.StringIO())
 
 
 def _weights_digest(model_dir: Path) -> str:

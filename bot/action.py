@@ -421,7 +421,7 @@ def _coverage(scored: Scored) -> Coverage:
     return Coverage(scored=scored.scored, candidates=max(prepared.candidates, scored.scored),
                     skipped=scored.report.skipped,
                     scope="AI-authored" if prepared.policy.mode == "ai-only" else "added",
-                    out_of_scope=prepared.out_of_scope)
+                    out_of_scope=prepared.out_of_scope, not_scored=prepared.not_scored)
 
 
 def _unscored(settings: ActionSettings, outcome: Outcome, check: CheckOutput | None) -> ActionResult:

@@ -78,7 +78,7 @@ def _load_scorer(settings: Settings, model: str | None, quiet: bool):
     if not quiet:
         click.echo(f"loading model {model_dir or '(built-in default)'}...", err=True)
     try:
-        return RiskScorer.load(model_dir, supervisor=_supervisor_config(settings))
+        return RiskScorer.load(model_dir, supervisor=_supervisor_config(settings), progress=not quiet)
     except (ArtifactError, SupervisorError) as e:
         raise _fail(str(e)) from e
 
@@ -91,8 +91,48 @@ def _write(text: str, output: str | None) -> None:
         click.echo(text, nl=False)
 
 
+OUR_PACKAGES = ("analyzer", "bot", "miners", "workers")
+
+
+def _third_party_output(shown: bool) -> None:
+    """Show or hide the progress bars and warnings of the libraries ptbot runs on.
+
+    Hidden by default, so ptbot speaks first and alone on stderr: one line of its own per stage
+    and one progress bar for long work; ``-v`` shows them. transformers and huggingface_hub read
+    their switches from the environment when first imported (set here, before any command
+    imports them); when they are already loaded (a long-lived process, tests) their switches are
+    flipped directly. The GGUF converter's bar, which ignores transformers' switch, follows it
+    in ``analyzer.supervisor``.
+    """
+    import warnings
+
+    if not shown:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        warnings.filterwarnings("ignore")
+        warnings.filterwarnings("default", module=rf"({'|'.join(OUR_PACKAGES)})(\.|$)")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        if shown:
+            transformers_logging.enable_progress_bar()
+            transformers_logging.set_verbosity_warning()
+        else:
+            transformers_logging.disable_progress_bar()
+            transformers_logging.set_verbosity_error()
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+        if not shown:
+            disable_progress_bars()
+        elif os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") != "1":
+            enable_progress_bars()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help="More logging on stderr, with the progress bars and "
+              "warnings of the libraries ptbot uses (-vv for debug).")
 @click.version_option(package_name="ptbot", message="ptbot %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int) -> None:
@@ -129,9 +169,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    if verbose < 2:
-        # transformers and GGUF loading are chatty; keep them quiet unless asked.
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    _third_party_output(shown=verbose >= 1)
     try:
         settings = Settings.from_env(os.environ)
     except ValueError as e:
@@ -184,7 +222,7 @@ def score(ctx, file, lines_spec, language, fmt, model, top_k, explain):
     req = () if text is None else (ScoreRequest(path, text, frozenset(lines) if lines else None, lang),)
     report, _ = rank_report(scorer, Plan(req, tuple(skipped), 0, {}), ReviewLimits(top_k=top_k))
     if text is not None and not report.lines:
-        report = Report(report.model, (), (Skipped(path, "no scorable lines (blank or punctuation only)"),))
+        report = Report(report.model, (), (Skipped(path, "no scorable lines (comment, blank or punctuation only)"),))
     _write(render_report(report, fmt, explain=explain), None)
 
 
@@ -256,9 +294,13 @@ def review(ctx, repo, base, head, diff_file, top_k, min_probability, fmt, output
     if not files:
         click.echo("nothing to review: the diff is empty", err=True)
     scorer = _load_scorer(settings, model, quiet=quiet)
+    if plan.requests and not quiet:
+        n_lines = sum(len(r.lines or ()) for r in plan.requests)
+        click.echo(f"scoring {n_lines} line{'s' * (n_lines != 1)} in {len(plan.requests)} "
+                   f"file{'s' * (len(plan.requests) != 1)}", err=True)
     report, n_scored = rank_report(scorer, plan, limits, progress=not quiet)
     coverage = Coverage(scored=n_scored, candidates=max(plan.candidates, n_scored),
-                        skipped=report.skipped, scope="changed")
+                        skipped=report.skipped, scope="changed", not_scored=plan.not_scored)
     changed = {r.path: set(r.lines or ()) for r in plan.requests}
     _write(render_report(report, fmt, files=plan.texts, changed=changed, coverage=coverage, explain=explain),
            output)
@@ -292,7 +334,7 @@ def _load_supervisor(settings: Settings, supervisor: str, layer: int | None):
 
     click.echo(f"loading supervisor {supervisor}...", err=True)
     try:
-        return Supervisor.load(_supervisor_config(settings, model=supervisor, layer=layer))
+        return Supervisor.load(_supervisor_config(settings, model=supervisor, layer=layer), progress=True)
     except SupervisorError as e:
         raise _fail(str(e)) from e
 

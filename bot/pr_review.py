@@ -319,6 +319,8 @@ class Prepared:
     provenance: dict[str, dict[int, str]]
     """path -> line -> provenance in words, for the lines that may be commented on."""
     check_run_id: int | None = None
+    not_scored: tuple[tuple[str, int], ...] = ()
+    """Lines in scope given no score, by kind (comment, blank, punctuation-only)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"job": self.job, "policy": vars(self.policy),
@@ -328,7 +330,8 @@ class Prepared:
                 "out_of_scope": self.out_of_scope,
                 "provenance": [[p, n, why] for p, lines in self.provenance.items()
                                for n, why in lines.items()],
-                "check_run_id": self.check_run_id}
+                "check_run_id": self.check_run_id,
+                "not_scored": [[kind, n] for kind, n in self.not_scored]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Prepared:
@@ -340,7 +343,8 @@ class Prepared:
                                   for r in d["requests"]),
                    skipped=tuple(Skipped(s["path"], s["reason"]) for s in d["skipped"]),
                    candidates=int(d["candidates"]), out_of_scope=int(d["out_of_scope"]),
-                   provenance=prov, check_run_id=d.get("check_run_id"))
+                   provenance=prov, check_run_id=d.get("check_run_id"),
+                   not_scored=tuple((str(kind), int(n)) for kind, n in d.get("not_scored", ())))
 
 
 @dataclass(frozen=True)
@@ -442,7 +446,8 @@ def prepare(job: Mapping[str, Any], api: PullRequestAPI, defaults: RepoConfig,
                  for r in plan.requests}
     return Prepared(job=dict(job), policy=Policy.of(config), requests=plan.requests,
                     skipped=tuple(skipped) + plan.skipped, candidates=plan.candidates,
-                    out_of_scope=out_of_scope, provenance=prov_text, check_run_id=run_id)
+                    out_of_scope=out_of_scope, provenance=prov_text, check_run_id=run_id,
+                    not_scored=plan.not_scored)
 
 
 def _prov(provenance: Mapping[tuple[str, int], LineProvenance], path: str, line: int) -> LineProvenance:
@@ -552,7 +557,7 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
         coverage = Coverage(scored=scored.scored, candidates=max(prepared.candidates, scored.scored),
                             skipped=report.skipped,
                             scope="AI-authored" if policy.mode == "ai-only" else "added",
-                            out_of_scope=prepared.out_of_scope)
+                            out_of_scope=prepared.out_of_scope, not_scored=prepared.not_scored)
         rule = budget.rule_sentence(policy, [ln.probability for ln in report.lines]) if report.lines else None
         review_id = None
         inline = moved = 0

@@ -166,15 +166,22 @@ class Coverage:
     """How the candidate lines are described: "AI-authored" or "added"."""
     out_of_scope: int = 0
     """Added lines left out by the mode (e.g. human-authored lines in ``ai-only`` mode)."""
+    not_scored: tuple[tuple[str, int], ...] = ()
+    """Candidate lines given no score by kind, e.g. ``(("comment", 2), ("blank", 4))``
+    (``bot.review.Plan.not_scored``)."""
 
     def __post_init__(self) -> None:
-        if min(self.scored, self.candidates, self.out_of_scope) < 0:
+        if min(self.scored, self.candidates, self.out_of_scope, *(n for _, n in self.not_scored)) < 0:
             raise ValueError("Coverage counts must be >= 0")
         if self.scored > self.candidates:
             raise ValueError(
                 f"Coverage.scored ({self.scored}) exceeds candidates ({self.candidates}): "
                 "count every scored line among the candidates"
             )
+        if self.scored + sum(n for _, n in self.not_scored) > self.candidates:
+            raise ValueError(
+                f"Coverage: {self.scored} scored and {sum(n for _, n in self.not_scored)} unscored lines "
+                f"exceed candidates ({self.candidates})")
         if not self.scope.strip():
             raise ValueError("Coverage.scope must name the lines in scope, e.g. 'AI-authored'")
 
@@ -186,12 +193,15 @@ class Coverage:
                    skipped=report.skipped, **kw)
 
     def sentence(self, reasons: bool = True) -> str:
-        """One line: ``scored X of Y AI-authored lines; skipped Z: reasons``.
+        """One line: ``scored X of Y AI-authored lines; 2 comment lines, 4 blank lines not
+        scored; skipped Z: reasons``.
 
-        Z counts the skipped files (or parts); candidate lines that are blank or
+        Z counts the skipped files (or parts); candidate lines that are comments, blank or
         punctuation-only get no score either, which is why X can be below Y with Z = 0.
         """
         s = f"scored {self.scored} of {self.candidates} {self.scope} line{_s(self.candidates)}"
+        if self.not_scored:
+            s += "; " + ", ".join(f"{n} {kind} line{_s(n)}" for kind, n in self.not_scored) + " not scored"
         if self.skipped:
             s += f"; skipped {len(self.skipped)}"
             if reasons:

@@ -116,8 +116,12 @@ def text_report(report: Report, *, coverage: Coverage | None = None,
         what = f"scored {len(ranked)} line{_s(len(ranked))} in {n_files} file{_s(n_files)}"
         if report.skipped:
             what += f"; skipped {len(report.skipped)} file{_s(len(report.skipped))}"
-    summary = f"{what}; model {model_label(report.model)}, layer {report.model.layer}."
-    out.append(_clip(summary[0].upper() + summary[1:], width))
+    model = f"model {model_label(report.model)}, layer {report.model.layer}."
+    summary = f"{what}; {model}"
+    if _width(summary) > width:
+        # Two sentences rather than a clipped one: the coverage and the model are both worth reading.
+        summary = f"{what}.\n{model[0].upper()}{model[1:]}"
+    out.extend(_clip(line[0].upper() + line[1:], width) for line in summary.split("\n"))
     return "\n".join(out) + "\n"
 
 

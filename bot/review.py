@@ -6,10 +6,12 @@ satisfies it structurally, and tests pass a fake. Never imports torch.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from analyzer.comments import comment_lines
 from analyzer.languages import is_scorable, language_for_path
 from analyzer.types import FileDiff, LineScore, ModelInfo, Report, ScoreRequest, Skipped
 
@@ -49,6 +51,22 @@ class Plan:
     skipped: tuple[Skipped, ...]
     candidates: int
     texts: dict[str, str]
+    not_scored: tuple[tuple[str, int], ...] = ()
+    """Candidate lines of the planned files that get no score, by kind (``UNSCORED_KINDS``)."""
+
+
+UNSCORED_KINDS = ("comment", "blank", "punctuation-only")
+"""Lines that carry no decision of their own, so no risk score: only comment (or docstring), blank,
+or only brackets and separators."""
+
+
+def unscored_kind(line: str, is_comment: bool) -> str | None:
+    """Which of ``UNSCORED_KINDS`` a line is, or None for a line to score."""
+    if not line.strip():
+        return "blank"
+    if not is_scorable(line):
+        return "punctuation-only"
+    return "comment" if is_comment else None
 
 
 def plan_requests(files: Sequence[FileDiff], read_new: Callable[[str], bytes | None],
@@ -61,6 +79,7 @@ def plan_requests(files: Sequence[FileDiff], read_new: Callable[[str], bytes | N
     """
     requests, skipped, texts = [], [], {}
     candidates = 0
+    not_scored: Counter[str] = Counter()
     for f in files:
         if f.is_binary:
             skipped.append(Skipped(f.path, "binary file"))
@@ -97,15 +116,25 @@ def plan_requests(files: Sequence[FileDiff], read_new: Callable[[str], bytes | N
             skipped.append(Skipped(f.path, "binary file"))
             continue
         all_lines = text.split("\n")
-        wanted = [n for n in lines if 0 < n <= len(all_lines) and is_scorable(all_lines[n - 1])]
+        comments = comment_lines(text, language)
+        wanted = []
+        for n in lines:
+            if not 0 < n <= len(all_lines):
+                continue
+            kind = unscored_kind(all_lines[n - 1], n in comments)
+            if kind is None:
+                wanted.append(n)
+            else:
+                not_scored[kind] += 1
         candidates += len(lines)
         if not wanted:
-            skipped.append(Skipped(f.path, "only blank or punctuation-only lines added"))
+            skipped.append(Skipped(f.path, "only comment, blank or punctuation-only lines added"))
             continue
         texts[f.path] = text
         requests.append(ScoreRequest(path=f.path, text=text, lines=frozenset(wanted),
                                      language=language))
-    return Plan(tuple(requests), tuple(skipped), candidates, texts)
+    return Plan(tuple(requests), tuple(skipped), candidates, texts,
+                tuple((k, not_scored[k]) for k in UNSCORED_KINDS if not_scored[k]))
 
 
 def rank_report(scorer: Scorer, plan: Plan, limits: ReviewLimits, progress: bool = False) -> tuple[Report, int]:

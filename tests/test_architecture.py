@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STDLIB_ONLY_ANALYZER = {"analyzer", "analyzer.types", "analyzer.languages", "analyzer.diff",
                         "analyzer.mutate", "analyzer.lines", "analyzer.records", "analyzer.declarations",
-                        "analyzer.artifact", "analyzer.versions", "analyzer.embedded"}
+                        "analyzer.artifact", "analyzer.versions", "analyzer.embedded", "analyzer.comments"}
 PURE_PYTHON_PARSERS = {"unidiff"}
 FORBIDDEN_IN_ANALYZER = {"bot", "miners", "workers", "github", "git", "celery", "jinja2", "click",
                          "flask", "redis", "sqlalchemy"}

@@ -97,8 +97,9 @@ def test_score_lines_subset_and_many_files_in_one_call(tiny_artifact_dir, tmp_pa
 
     scorer = RiskScorer.load(tiny_artifact_dir, supervisor=SupervisorConfig(device="cpu", cache_dir=tmp_path))
     every = scorer.score(TINY_CODE, language="python")
-    some = scorer.score(TINY_CODE, lines=[1, 3, 4, 5], language="python")  # 4, 5 are blank
+    some = scorer.score(TINY_CODE, lines=[1, 2, 3, 4, 5], language="python")  # 2 is a docstring, 4, 5 blank
     assert {s.line for s in some} == {1, 3}
+    assert 2 not in {s.line for s in every}  # a docstring is no risk candidate
     by_line = {s.line: s for s in every}
     for s in some:  # same whole-file context, so the same score; ranks restart in the subset
         assert s.score == pytest.approx(by_line[s.line].score, abs=1e-5)

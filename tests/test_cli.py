@@ -245,6 +245,51 @@ def test_review_markdown_html_text_and_output_file(tmp_path, tiny_artifact_dir):
     assert "loading model" in text.stderr and "loading model" not in text.stdout
 
 
+COMMENTED_PY = '''"""Stock keeping."""
+
+
+def restock(items, n):
+    """Add n to every item.
+
+    Returns the items.
+    """
+    # every item, not only the first
+    for item in items:
+        item.count += n  # in place
+    return items
+'''
+COMMENTED_JS = '''/**
+ * Clamp x.
+ */
+function clamp(x, lo, hi) {
+  // below the range
+  return Math.max(lo, Math.min(x, hi)); /* inclusive */
+}
+'''
+
+
+def test_review_scores_no_comment_line_and_counts_them(tmp_path, tiny_artifact_dir):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    write(repo, "README.md", "stock\n")
+    commit(repo, "base")
+    write(repo, "stock.py", COMMENTED_PY)
+    write(repo, "clamp.js", COMMENTED_JS)
+    git(repo, "add", "-A")
+    base = ["review", "--repo", str(repo), "--model", str(tiny_artifact_dir), "--top", "50"]
+    r = run(*base, "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    scored = {(ln["path"], ln["line"]) for ln in json.loads(r.stdout)["lines"]}
+    assert scored == {("stock.py", 4), ("stock.py", 10), ("stock.py", 11), ("stock.py", 12),
+                      ("clamp.js", 4), ("clamp.js", 6)}
+    r = run(*base)
+    assert r.exit_code == 0, r.stderr
+    # 19 added lines: 6 scored, 9 comment/docstring lines, 3 blank, 1 "}"
+    assert ("Scored 6 of 19 changed lines; 9 comment lines, 3 blank lines, 1 punctuation-only line "
+            "not scored") in r.stdout
+
+
 def test_review_top_and_min_probability(tmp_path, tiny_artifact_dir):
     repo = make_repo(tmp_path / "repo")
     r = run("review", "--repo", str(repo), "--model", str(tiny_artifact_dir), "--format", "json",
@@ -381,7 +426,7 @@ def test_score_file_lines_and_formats(tmp_path, tiny_artifact_dir):
     assert r.exit_code == 0, r.stderr
     doc = json.loads(r.stdout)
     check_json_report(doc)
-    assert {ln["line"] for ln in doc["lines"]} == {1, 2, 3, 12}
+    assert {ln["line"] for ln in doc["lines"]} == {1, 3, 12}  # line 2 is a docstring
     r = run("score", str(f), "--model", str(tiny_artifact_dir), "--top", "2")
     assert r.exit_code == 0 and "stack.py:" in r.stdout
     r = run("score", "-", "--model", str(tiny_artifact_dir), "--language", "python", "--format", "json",

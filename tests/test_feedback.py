@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import AI_TRAILER, TEST_APP_ID, TEST_INSTALLATION_ID, FakeScorer, put_pull_request, app_on
+from conftest import AI_TRAILER, TEST_APP_ID, TEST_INSTALLATION_ID, FakeScorer, put_pull_request, app_on, shared_data
 
 from bot.config import Settings
 from bot.feedback import (
@@ -41,7 +41,6 @@ from bot.render import Renderer, parse_marker
 from bot.store import LabelStore
 
 WEBHOOKS = Path(__file__).resolve().parent / "fixtures" / "github" / "webhooks"
-CHECK_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "check_data.py"
 HEAD, HEAD2, HEAD3 = "a1" * 20, "b2" * 20, "c3" * 20
 CALC = ("def total(items):\n"
         "    result = 0\n"
@@ -256,9 +255,8 @@ def test_feedback_lifecycle_end_to_end(fake_github, app, ledger, label_store: La
     rec = json.loads(out.read_text())
     assert rec["code"] == CALC and rec["fixed"] == CALC_FIXED and rec["buggy_lines"] == [5]
     assert rec["language"] == "python" and 4 in rec["meta"]["negative_lines"]
-    if not CHECK_DATA.exists():
-        pytest.skip(f"{CHECK_DATA} not found (the shared data checker sits beside the clone in CI)")
-    check = subprocess.run([sys.executable, str(CHECK_DATA), str(out)], capture_output=True, text=True)
+    check = subprocess.run([sys.executable, str(shared_data("check_data.py")), str(out)],
+                           capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 
     stats = feedback_stats(label_store, k=2)
@@ -453,9 +451,8 @@ def test_cli_feedback_stats_and_export(tmp_path, monkeypatch):
     result = runner.invoke(cli, ["feedback", "export", "--out", str(out)], env=env)
     assert result.exit_code == 0, result.output
     assert "wrote 1 record(s)" in result.output
-    if not CHECK_DATA.exists():
-        pytest.skip(f"{CHECK_DATA} not found (the shared data checker sits beside the clone in CI)")
-    check = subprocess.run([sys.executable, str(CHECK_DATA), str(out)], capture_output=True, text=True)
+    check = subprocess.run([sys.executable, str(shared_data("check_data.py")), str(out)],
+                           capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     result = runner.invoke(cli, ["feedback", "stats", "--k", "1", "--plot", str(tmp_path / "s.png")], env=env)
     assert result.exit_code == 0, result.output

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import git
 import pytest
+from conftest import shared_data
 
 from analyzer.types import DiffLine, FileDiff, Hunk
 from miners.dataset import DatasetWriter
@@ -23,7 +24,6 @@ from miners.mine import MineConfig, MiningError, mine_repo
 from miners.snippets import clean_snippets, enclosing_region, fix_snippets
 
 GOLDEN = Path(__file__).parent / "golden" / "miners"
-CHECK_DATA = Path(os.environ.get("PTBOT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")) / "data" / "check_data.py"
 UPDATE = os.environ.get("PTBOT_UPDATE_GOLDEN") == "1"
 
 CALC_V1 = """\
@@ -346,9 +346,8 @@ def test_dataset_refuses_non_empty_dir_and_resumes(tmp_path: Path):
 # --- mine_repo end to end -----------------------------------------------------------------------
 
 def _check_data(out: Path) -> None:
-    if not CHECK_DATA.exists():
-        pytest.skip(f"{CHECK_DATA} not found (set PTBOT_SHARED_DIR)")
-    proc = subprocess.run([sys.executable, str(CHECK_DATA), str(out)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(shared_data("check_data.py")), str(out)],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

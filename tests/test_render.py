@@ -108,6 +108,10 @@ def test_coverage_sentence():
     assert cov.sentence() == ("scored 12 of 15 AI-authored lines; skipped 3: binary file "
                               "(a.png, b.png); unknown language (c.xyz)")
     assert cov.sentence(reasons=False) == "scored 12 of 15 AI-authored lines; skipped 3"
+    with_comments = Coverage(scored=13, candidates=17, scope="changed",
+                             not_scored=(("comment", 2), ("blank", 1), ("punctuation-only", 1)))
+    assert with_comments.sentence() == ("scored 13 of 17 changed lines; 2 comment lines, 1 blank line, "
+                                        "1 punctuation-only line not scored")
     human_only = Coverage(scored=0, candidates=0, out_of_scope=7)
     assert human_only.sentence() == ("scored 0 of 0 AI-authored lines "
                                      "(7 other added lines not in scope)")
@@ -118,6 +122,8 @@ def test_coverage_rejects_impossible_counts():
         Coverage(scored=3, candidates=2)
     with pytest.raises(ValueError, match=">= 0"):
         Coverage(scored=0, candidates=-1)
+    with pytest.raises(ValueError, match="exceed candidates"):
+        Coverage(scored=3, candidates=4, not_scored=(("comment", 2),))
 
 
 # ----- templates --------------------------------------------------------------------------------

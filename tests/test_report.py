@@ -79,9 +79,15 @@ def test_text_explain_adds_each_lines_strongest_latents():
 
 
 def test_text_uses_coverage_when_given_and_handles_an_empty_report():
-    out = text_report(Report(MODEL, ()), coverage=Coverage(0, 3, scope="changed"))
+    out = short = text_report(Report(MODEL, ()), coverage=Coverage(0, 3, scope="changed"))
     assert out.splitlines()[0] == "No line was scored."
     assert out.splitlines()[-1].startswith("Scored 0 of 3 changed lines; model smollm2")
+    # A summary too long for one line becomes two sentences, rather than losing its end.
+    long = text_report(Report(MODEL, ()), coverage=Coverage(11, 17, scope="changed", not_scored=(
+        ("comment", 2), ("blank", 3), ("punctuation-only", 1))), width=100)
+    assert long.splitlines()[-2:] == [
+        "Scored 11 of 17 changed lines; 2 comment lines, 3 blank lines, 1 punctuation-only line not scored.",
+        "Model " + short.splitlines()[-1].split("; model ", 1)[1]]
 
 
 def test_json_is_exactly_to_dict():

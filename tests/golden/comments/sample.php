@@ -1,0 +1,7 @@
+<?php
+// a comment
+# a hash comment
+#[Attribute]
+/* block
+   comment */
+$s = "# not a comment"; // code

@@ -1,0 +1,8 @@
+/** Scaladoc
+  * second line
+  */
+object Main { // code
+  // a comment
+  val c = '/'
+  val s = """// not a comment"""
+}
