@@ -2,7 +2,7 @@
 
 Standard library only. Splits are by *problem*, never by record: DebugBench has several bugs of
 one LeetCode problem, and lines of one program are correlated, so a record-level split would
-leak the answer into the dev set (method.md §2.4).
+leak the answer into the dev set.
 """
 
 from __future__ import annotations
