@@ -16,7 +16,7 @@ from analyzer.types import Record
 
 
 class RecordError(ValueError):
-    """A data file is missing or not in the shared JSONL schema."""
+    """A data file is missing or not in the JSONL record schema (``Record``)."""
 
 
 def load_records(paths: Iterable[Path], languages: Sequence[str] | None = None) -> list[Record]:
