@@ -1,4 +1,4 @@
-"""The baselines PtTrust must beat, as line scorers (method.md §1.8, §2.3; issue #3).
+"""The baselines PtTrust must beat, as line scorers (the PtTrust paper's, ``length``, ``random``).
 
 - ``length``: the line's token count (longest line first). Under the token-weighted Top-K hit
   rate this is the strongest trivial baseline, because long buggy lines carry more weight.

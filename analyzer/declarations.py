@@ -3,8 +3,8 @@
 A ranker trained on Python learns from its states that ``def f(xs: List[int]) -> int:`` and
 ``from typing import List`` almost never hold the bug, but a C++ or Java signature or a Rust
 ``use`` line looks nothing like them to the supervisor's latents, and, being long, gets ranked
-first (BENCHMARKS.md, "declaration lines"). One syntactic column that fires on the same kind of
-line in every language lets what Python teaches about such lines carry over.
+first (44-49% of the top-1 misses on HumanEvalPack Java and C++). One syntactic column that fires
+on the same kind of line in every language lets what Python teaches about such lines carry over.
 
 Purely lexical and language-agnostic on purpose (``LineSpan`` carries no language, and a line
 that looks like a header in one C-family language looks like one in all of them). Errs towards

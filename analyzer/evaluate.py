@@ -1,6 +1,6 @@
 """``ptbot eval``: every method on every test set, trained on the training files only.
 
-The harness (issue #3):
+The harness:
 1. read the code of every training and test record once (``features.extract`` with a
    ``StateCache``; the full model once more for ``uncertainty``/``lookback`` with a
    ``baselines.FullPassCache``), so a second evaluation on the same data never runs the model;

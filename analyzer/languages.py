@@ -26,7 +26,7 @@ EXTENSIONS: dict[str, str] = {
 LANGUAGES: frozenset[str] = frozenset(EXTENSIONS.values())
 
 # A line made only of brackets, separators and whitespace carries no decision of its own
-# (PtTrust skips them too, method.md §1.2); neither does a blank line.
+# (PtTrust's reference code skips them too); neither does a blank line.
 _PUNCT_ONLY = re.compile(r"^[\s{}()\[\];,.:]*$")
 
 

@@ -1,6 +1,6 @@
 """Map token offsets to source lines: which token's state stands for each line.
 
-Rules (method.md §1.2, §1.9 item 10, §3.3):
+Rules (PtTrust's line tokens, without the reference code's leak through shared newline tokens):
 - a token belongs to the line that holds its **first character**, so merged tokens such as
   ``"\\n    "`` (newline + next line's indentation) or ``"):\\n"`` belong to exactly one line and
   never leak a vector or a label into the neighbouring line;

@@ -5,7 +5,7 @@ Numpy only (no torch, no sklearn) so the metrics can be checked by hand and impo
 Conventions used throughout:
 - A *snippet* is one ranked unit (a file or a generated answer); its candidate lines carry a
   score (higher = riskier), a 0/1 label and a token count.
-- Top-K hit rate is the paper's metric (``method.md`` §1.7): per snippet, the share of the buggy
+- Top-K hit rate is the PtTrust paper's metric: per snippet, the share of the buggy
   lines' tokens that fall inside the K top-ranked lines, macro-averaged over snippets that have
   at least one buggy token.
 - Ties in scores are resolved by the *expected value over all orderings of the tied lines*, so a

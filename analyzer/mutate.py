@@ -2,10 +2,10 @@
 
 Standard library only: ``ptbot pretrain`` (analyzer) and ``ptbot mine-repo`` (miners) both use it.
 
-PtTrust's stage 1 (method.md §1.3) trains on correct snippets next to mutated copies, with pairs
+PtTrust's stage 1 trains on correct snippets next to mutated copies, with pairs
 (line of the correct snippet, line of the mutated snippet) for the contrastive loss. The reference
-``switch_inside`` copies a line over another; here ``swap`` really exchanges two lines (issue 2,
-item 4). ``fine=True`` adds realistic single-token mutators (method.md §5, "beat PtTrust" 3-4):
+``switch_inside`` copies a line over another; here ``swap`` really exchanges two lines, as its
+name says. ``fine=True`` adds realistic single-token mutators, closer to real bugs than PtTrust's:
 comparison and arithmetic operator swaps, off-by-one, logical swaps, swapped call arguments and a
 wrong variable.
 
@@ -15,7 +15,7 @@ Line numbers are 1-based throughout. Pairing rules:
   * ``foreign`` and every fine operator on line i: pair (i, i').
   * ``delete`` of line i: the next surviving scorable line k' of the mutated code is labelled (the
     previous one when the deletion is at the end), and paired with the deleted line: (i, k'). This is
-    the PtTrust convention for missing code (and the shared data README's insertion rule).
+    the PtTrust convention for missing code (and the benchmark data's pure-insertion labels).
 """
 
 from __future__ import annotations

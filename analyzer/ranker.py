@@ -1,11 +1,11 @@
 """Stage 2: a per-line MLP trained with NeuralNDCG (listwise) plus a pointwise BCE head.
 
 Each line of a snippet is scored independently (``RankerMLP``: features -> one logit, higher =
-riskier). Training mixes allRank's NeuralNDCG over each snippet's lines (what PtTrust optimises,
-method.md §1.5) with a per-line BCE on the same logit: the ranking term orders lines within a
+riskier). Training mixes allRank's NeuralNDCG over each snippet's lines (what PtTrust's reference
+code optimises) with a per-line BCE on the same logit: the ranking term orders lines within a
 snippet, the BCE term keeps the logit on a log-odds scale so ``calibrate.Calibrator`` can turn it
-into a probability (method.md §5.3 item 1). Relevance is 1.0 for a buggy line and 0.0 for a
-correct one; PtTrust's length-ranked relevances in [~0.9, 1] (method.md §1.5) only reorder buggy
+into a probability. Relevance is 1.0 for a buggy line and 0.0 for a
+correct one; PtTrust's length-ranked relevances in [~0.9, 1] only reorder buggy
 lines among themselves and would tie the target to a token-count artefact.
 """
 
@@ -149,7 +149,7 @@ class RankerConfig:
     transfers best across languages, and a ranker trained on Python states alone leans on cues
     that do not carry over. 6 was chosen on mined non-Python fixes and the Python dev split, never
     on evaluation data; training ignores the prior (trained with it, the MLP learned to cancel it
-    on Python and transferred worse); both in BENCHMARKS.md, variant selection. 0 = none; models
+    on Python and transferred worse: 0.211 vs 0.223 validation Top-1). 0 = none; models
     written before this field existed read as 0 (``from_dict``)."""
 
     def __post_init__(self) -> None:
@@ -350,7 +350,7 @@ def train_ranker(cfg: RankerConfig, train: list[Slate], dev: list[Slate],
     """Train on ``train`` with early stopping on ``dev``; returns the best model (eval mode) and its history.
 
     The loss and early stopping see the MLP's own logits; ``prior_in_training`` adds the length
-    prior to them as well (only for the ablation that decided against it, BENCHMARKS.md).
+    prior to them as well (only for the ablation that decided against it: it transferred worse).
 
     Deterministic for a given seed: the global RNG is forked, so callers' random state is untouched.
     History: ``{"epochs": [{"epoch", "train_loss", "dev_loss", "dev_top1"}...], "best_epoch",
@@ -401,7 +401,7 @@ def train_ranker(cfg: RankerConfig, train: list[Slate], dev: list[Slate],
 CALIBRATE_ON = ("cross-source", "dev")
 """Where the logits a calibration map is fitted on come from (``held_out_logits``)."""
 DEFAULT_CALIBRATE_ON = "cross-source"
-"""What ``bind``, ``rebind`` and ``eval`` use unless told otherwise (chosen in BENCHMARKS.md)."""
+"""What ``bind``, ``rebind`` and ``eval`` use unless told otherwise (lowest ECE on mined fixes)."""
 
 
 def by_source(items: Sequence[T], sources: Collection[str] | None,
@@ -427,7 +427,7 @@ def held_out_logits(model: RankerMLP, train: list[Slate], dev: list[Slate], cali
       ranker with ``model``'s settings trained and early-stopped on the other sources only. The
       product scores languages and projects it never saw labels for; a ranker scoring a source it
       never saw is shifted the same way, so the map learns the confidence it has there (on mined
-      fixes in five other languages: ECE 0.041 -> 0.027, BENCHMARKS.md). Costs one ranker per source.
+      fixes in five other languages: ECE 0.041 -> 0.027). Costs one ranker per source.
       A source that would leave the others without a train or dev slate is not held out; with
       fewer than two sources held out this falls back to ``"dev"``, and says so in the returned info.
 

@@ -1,6 +1,6 @@
 """Re-binding with a gate: retrain stage 2 on seed data + reviewer feedback, promote only a winner.
 
-Issue 6, item 4. The feedback records (``ptbot feedback export``, the shared JSONL schema) are
+The feedback records (``ptbot feedback export``, the same JSONL schema as the seed data) are
 split by problem into feedback-train and feedback-heldout. A new version of the model HOME
 (``analyzer.versions``) starts as a copy of the serving one (same supervisor, features and SAE)
 and gets a new ranker + calibrator from ``analyzer.train.bind`` on seed + feedback-train. Both

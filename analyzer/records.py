@@ -2,7 +2,7 @@
 
 Standard library only. Splits are by *problem*, never by record: DebugBench has several bugs of
 one LeetCode problem, and lines of one program are correlated, so a record-level split would
-leak the answer into the dev set (method.md §2.4).
+leak the answer into the dev set.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from analyzer.types import Record
 
 
 class RecordError(ValueError):
-    """A data file is missing or not in the shared JSONL schema."""
+    """A data file is missing or not in the JSONL record schema (``Record``)."""
 
 
 def load_records(paths: Iterable[Path], languages: Sequence[str] | None = None) -> list[Record]:

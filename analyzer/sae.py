@@ -1,7 +1,7 @@
 """Stage 1: a TopK sparse autoencoder over per-line hidden states, with a paired contrastive term.
 
 The recipe is Gao et al. 2024 ("Scaling and evaluating sparse autoencoders", arXiv 2406.04093) as
-implemented in openai/sparse_autoencoder and EleutherAI/sparsify (method.md §2.1):
+implemented in openai/sparse_autoencoder and EleutherAI/sparsify:
 
     x_n    = (x - mean) * scale                        # dataset normalisation, stored as buffers
     pre    = W_enc (x_n - b_dec) + b_enc
@@ -12,7 +12,7 @@ Loss per step (all terms are means, so no weight is diluted by the batch size):
 
     fvu(x_n, x_n^) + auxk_coef * auxk(dead latents) + contrastive_weight * contrastive(pairs)
 
-PtTrust's own "SAE" (method.md §1.4) is undercomplete, hard-tied, has no dead-latent handling and a
+PtTrust's own "SAE" (reference code) is undercomplete, hard-tied, has no dead-latent handling and a
 contrastive term whose effective weight is ~1/N; this module replaces all four.
 """
 
@@ -34,7 +34,7 @@ from analyzer.weights import load_state, save_state
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "sae_checkpoint.pt"
-IDENTICAL_ATOL = 1e-4  # PT's pair filter threshold; PT forgot the abs() (method.md §1.9)
+IDENTICAL_ATOL = 1e-4  # PT's pair filter threshold; PT's lacks abs() (drops large negative diffs)
 _INIT_SAMPLE = 32768  # rows used for normalisation and b_dec (OpenAI uses the same cap)
 
 
@@ -45,7 +45,7 @@ class SAEConfig:
     d_in: int
     """Width of the input vectors (the supervisor's hidden size, or 2x with line-mean features)."""
     n_latents: int | None = None
-    """Dictionary size; None = 4 * d_in. method.md §2.1 suggests 2-8x for ptbot's data volume."""
+    """Dictionary size; None = 4 * d_in. 2-8x fits ptbot's data; SAE libraries' 32x is far past it."""
     k: int = 32
     """Active latents per line (TopK)."""
     auxk: int | None = None
@@ -147,7 +147,7 @@ def contrastive_loss(lat_correct: Tensor, lat_buggy: Tensor, margin: float) -> T
     absolute similarity ceiling per pair. Cosine is scale-free, so the term cannot be satisfied by
     shrinking or inflating latent norms (which would fight the reconstruction), and each pair gets
     its own gradient, unlike PT's whole-matrix Frobenius normalisation whose hinge is always active
-    and then divided by N (method.md §1.4). A pair already dissimilar enough costs nothing, so the
+    and then divided by N. A pair already dissimilar enough costs nothing, so the
     term does not keep pushing apart lines whose difference the SAE already represents.
     """
     if lat_correct.shape != lat_buggy.shape or lat_correct.ndim != 2:

@@ -9,7 +9,7 @@ What it owns:
   dropped when the config says the two are tied);
 - the truncated forward: a base model built with ``num_hidden_layers = layer`` and ``norm =
   Identity``, so ``last_hidden_state`` is the pre-norm residual stream after block ``layer``
-  (method.md §3.1), which equals the full model's ``hidden_states[layer]``;
+  (no LM head, no later block), which equals the full model's ``hidden_states[layer]``;
 - token-budgeted, right-padded batches and overlapping windows for files longer than the window.
 
 Line mapping (which token's state belongs to which line) lives in ``analyzer.lines``.

@@ -2,13 +2,13 @@
 
 No argument parsing here: ``bot/cli.py`` reads files and flags and calls these functions.
 
-Stage 1 data (method.md §1.3, with PT's bugs fixed): for every record, its buggy ``code`` and its
+Stage 1 data (PtTrust's, with PT's bugs fixed): for every record, its buggy ``code`` and its
 ``fixed`` version, paired line by line where the fix changed them; plus ``mutations`` mutated
 copies of every clean (fixed) snippet: a real swap of two lines, a line from another snippet, a
 deleted line (the next line is labelled). Every line of every text is an SAE training vector;
 the (correct line, buggy line) pairs feed the contrastive term.
 
-Stage 2 (method.md §1.5, §5.2): the SAE latents of each labelled snippet's lines -> ranker
+Stage 2: the SAE latents of each labelled snippet's lines -> ranker
 features -> MLP trained with NeuralNDCG + a pointwise BCE head, early-stopped on a dev split
 grouped by problem; then a calibration map (``analyzer.calibrate``, ``centred`` by default) fitted
 file by file on held-out logits: by default each source's, scored by a ranker trained without that

@@ -66,7 +66,7 @@ class FileDiff:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One labelled snippet in the shared dataset schema (``../shared/data/README.md``)."""
+    """One labelled snippet: the JSONL record of the benchmark files and ``ptbot mine-repo``."""
 
     id: str
     source: str

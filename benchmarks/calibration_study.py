@@ -1,4 +1,4 @@
-"""Which calibration map transfers across languages? (exploratory, issue #3)
+"""Which calibration map transfers across languages? (exploratory)
 
 Platt scaling fitted on Python maps a ranker score to P(buggy) as if every file had Python's
 share of buggy lines and Python's spread of scores. Two suspects for the miscalibration seen on

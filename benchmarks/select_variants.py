@@ -1,6 +1,6 @@
 """Choose the ranker variant on the Python dev split, over several seeds; report the test sets beside it.
 
-Issue #3's protocol: every method choice is made on Python data only. This script trains each
+The protocol: every method choice is made on Python data only. This script trains each
 variant of the stage-2 ranker on the Python *fit* records, scores the Python *dev* records (the
 problems `ptbot bind` holds out with seed 0, which the shipped SAE never saw) and, for reference
 only, the non-Python test sets. The variant with the best mean dev Top-1 is the one to ship; the
@@ -13,7 +13,7 @@ the best mean Top-1 over those sets (the ranker still trains and calibrates on P
 
 Variants: ranker inputs from the model's SAE (``sae``) or the raw layer states (``raw``), each as
 one ranker or as the mean logit of an ensemble of ``--members`` rankers with different seeds
-(ensembles cut the seed-to-seed spread, which BENCHMARKS.md measured at up to 0.09 Top-1), and
+(ensembles cut the seed-to-seed spread, measured at up to 0.09 Top-1 on one set), and
 ``raw@L``: the raw states of another decoder layer L (``--layers``; a layer sweep of the probe),
 and ``sae+mut`` / ``raw+mut``: the ranker also trains on ``--mutations`` mutated copies of each
 fit record's fixed code (the mutations ``ptbot pretrain`` makes: lines swapped, a foreign line, a

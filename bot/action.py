@@ -8,9 +8,9 @@ instead of an installation token. What it leaves behind:
 - ``review``: one ``COMMENT`` review on the PR, exactly as the App posts it. When the token is
   read-only (a fork PR under ``pull_request``: GitHub answers 403 "Resource not accessible by
   integration"), the flagged lines become workflow annotations instead and the step summary
-  says why (github-bot.md §3.11).
+  says why.
 - ``sarif``: a SARIF 2.1.0 file of every scored line at or above ``min-probability``, for
-  ``github/codeql-action/upload-sarif`` (§3.12).
+  ``github/codeql-action/upload-sarif``.
 - ``summary``: the check-run summary in ``$GITHUB_STEP_SUMMARY`` (capped at 1 MiB).
 
 Step outputs ``sarif-file`` and ``flagged-lines`` go to ``$GITHUB_OUTPUT``; ``fail-on`` turns a
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 OUTPUTS: tuple[str, ...] = ("review", "sarif", "summary")
 EVENTS: tuple[str, ...] = ("pull_request", "pull_request_target")
-# GitHub aborts the upload of a step summary above 1024k (github-bot.md §3.11).
+# GitHub aborts the upload of a step summary above 1024k.
 STEP_SUMMARY_LIMIT = 1024 * 1024
 SUMMARY_ROWS = 25
 READ_ONLY_NOTE = (

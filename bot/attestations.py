@@ -1,7 +1,7 @@
 """Line-level authorship attestations written by agents' tooling: git-ai notes and Agent Trace.
 
 Both say, for one commit, which lines of which files an AI (or a known human) wrote, with line
-numbers valid in that commit's version of each file (github-bot.md §4, "Line-level attribution"):
+numbers valid in that commit's version of each file:
 
 * **git-ai** (Git AI Standard v3.0.0, ``git-ai-project/git-ai specs/git_ai_standard_v3.0.0.md``):
   one note per commit under ``refs/notes/ai``. An attestation section (a path at column 0, then

@@ -3,8 +3,8 @@
 After a new head is reviewed, an inline thread ptbot opened on an earlier head is stale when
 GitHub marks it outdated (the code under it changed) or when its finding is no longer flagged on
 the new head. Such threads are RESOLVED, and review summaries that a newer ptbot summary replaced
-are MINIMISED as ``OUTDATED`` (github-bot.md §3.8). Nothing is ever deleted: a thread keeps its
-replies and reactions, which are reviewers' labels (§3.7), and resolving or minimising can be
+are MINIMISED as ``OUTDATED``. Nothing is ever deleted: a thread keeps its
+replies and reactions, which are reviewers' labels, and resolving or minimising can be
 undone in the UI. Threads that a person started are never touched, whatever markers they quote.
 
 The deciding functions are pure (``threads_to_resolve``, ``summaries_to_minimize``); ``clean_up``

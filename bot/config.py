@@ -25,7 +25,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_CACHE_DIR = "~/.cache/ptbot"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
-# Labels that repositories commonly use to say "an agent wrote this" (github-bot.md §4: a
+# Labels that repositories commonly use to say "an agent wrote this" (a
 # convention, not a standard, hence configurable).
 DEFAULT_AI_LABELS: tuple[str, ...] = ("ai-generated", "agent-task")
 

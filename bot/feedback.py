@@ -1,6 +1,6 @@
 """Reviewer feedback becomes labels: harvest it, store it, suppress what was refused, export it.
 
-Where labels come from (github-bot.md §3.7, §3.8):
+Where labels come from:
 
 - **Reactions** (👍 / 👎 on ptbot's inline comments). GitHub sends no webhook for them, so
   ``harvest_pull_request`` polls: one conditional list of the PR's review comments, then one
@@ -195,7 +195,7 @@ class GitHubFeedbackAPI:
 
     It reuses the PR object's conditional GET (``_get_json``), seeding its ETag cache from the
     store so a poll in a new process still gets 304s. (A public ``get_json`` on
-    ``GitHubPullRequest`` would be the cleaner seam; see the report of issue 6.)
+    ``GitHubPullRequest`` would be the cleaner seam.)
     """
 
     def __init__(self, pr: Any, store: LabelStore) -> None:

@@ -8,7 +8,7 @@ file text at a SHA, commits with their own patches, the fingerprints ptbot alrea
 review posted with validated anchors, and a check run; over GraphQL, the review threads and
 review summaries that ``bot.cleanup`` resolves and minimises (GraphQL has ``isResolved``, REST not).
 
-Rate limits (github-bot.md §3.9): PyGithub's own retry and throttling are switched off and done
+Rate limits: PyGithub's own retry and throttling are switched off and done
 here instead, so they are bounded and shared per installation: writes of one installation go
 one at a time at least ``seconds_between_writes`` apart (``WriteGate`` in one process,
 ``bot.write_gate.RedisWriteGate`` across worker processes), and 403/429/5xx answers are retried
@@ -316,7 +316,7 @@ class GitHubApp:
     def open_pulls_with_head(self, installation_id: int, owner: str, repo: str, sha: str, *,
                              per_page: int = 100, max_pages: int = 30) -> list[dict[str, Any]]:
         """The open PRs of ``owner/repo`` whose head is ``sha`` (API JSON), for a ``check_run``
-        event that came without ``pull_requests`` (fork PRs, github-bot.md §3.6).
+        event that came without ``pull_requests`` (GitHub leaves it empty for fork PRs).
 
         ``GET /commits/{sha}/pulls`` first; GitHub may leave a fork's PR out of that answer too,
         so then the repository's open PRs are paged through (at most ``max_pages``) for the SHA.
@@ -882,7 +882,7 @@ class GitHubPullRequest:
         if status == "completed":
             kwargs["conclusion"] = conclusion or "neutral"
         if title or summary:
-            # GitHub caps summary and text at 65,535 characters (github-bot.md §3.6).
+            # GitHub caps summary and text at 65,535 characters.
             output = {"title": title or name, "summary": summary[:65535]}
             if text:
                 output["text"] = text[:65535]
@@ -911,7 +911,7 @@ class GitHubPullRequest:
         url = f"/repos/{self.full_name}/check-runs/{run_id}"
         self._call(lambda: requester.requestJsonAndCheck("PATCH", url, input=params), write=True)
 
-    # ----- GraphQL: ptbot's own threads and summaries (github-bot.md §3.8) -----------------
+    # ----- GraphQL: ptbot's own threads and summaries (REST can neither resolve nor minimise) ---
 
     def graphql(self, query: str, variables: Mapping[str, Any] | None = None, *,
                 write: bool = False) -> dict[str, Any]:

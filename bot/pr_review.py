@@ -14,7 +14,7 @@ Three stages, so the expensive one can run on a GPU worker while GitHub I/O stay
    complete the neutral check run with the same summary, then resolve ptbot's stale threads and
    minimise its replaced summaries from earlier heads (``bot.cleanup``; never deletes).
 
-Idempotency (github-bot.md §3.2): the job key is (installation, repo, PR, head SHA, model
+Idempotency: the job key is (installation, repo, PR, head SHA, model
 version). A finished key is remembered in the ``ReviewLedger``; a review carries a marker whose
 fingerprint is derived from the key, so a worker killed after posting but before recording it
 finds its own review on the next delivery instead of posting again.

@@ -1,6 +1,6 @@
 """Which added lines of a pull request did an AI write, and how do we know.
 
-Two levels of evidence (exact strings: github-bot.md §4):
+Two levels of evidence (matched on the exact strings agents and tools write):
 
 * per commit: ``Co-authored-by`` trailers matched on the *email* (names drift and some are
   people's names), agent bot logins (``…[bot]``) and noreply addresses as author or committer,

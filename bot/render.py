@@ -2,10 +2,10 @@
 the HTML report, plus the content fingerprint that keeps ptbot from repeating itself.
 
 Every artifact ptbot posts carries one hidden marker, ``<!-- ptbot:fp=... model=... sha=... -->``
-(github-bot.md §1.3), so later runs can find their own output. The fingerprint is built from the
+(as other bots do), so later runs can find their own output. The fingerprint is built from the
 path, the whitespace-normalised line text and its occurrence index, never the line number, so a
-finding survives code moving up or down the file (reviewdog's location-based fingerprint does not;
-github-bot.md §1.2). SARIF ``partialFingerprints`` use the same function.
+finding survives code moving up or down the file (reviewdog's location-based fingerprint does not).
+SARIF ``partialFingerprints`` use the same function.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ RiskBand = Literal["high", "medium", "low"]
 
 # Probability bands, shared by SARIF levels and comment wording. The calibrated probability is
 # "this line needs an edit"; at 0.5 an edit is more likely than not, which earns a warning. Below
-# 0.2 a line is roughly at the base rate of edited lines in the training data (method.md §2.4), so
+# 0.2 a line is roughly at the base rate of edited lines in the training data, so
 # it is listed for completeness but never presented as a problem.
 HIGH_RISK = 0.5
 MEDIUM_RISK = 0.2
 
 # GitHub caps check-run summaries at 65,535 characters and PR bodies at about 64 KB
-# (github-bot.md §3.6, §3.11); stay below both with room for the marker.
+# (65,536 characters); stay below both with room for the marker.
 MAX_BODY_CHARS = 60_000
 
 _MARKER = re.compile(r"<!--\s*ptbot:([^>]*?)\s*-->")

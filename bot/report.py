@@ -1,7 +1,7 @@
 """The output formats of ``ptbot review`` and ``ptbot score``: text, json, sarif, markdown, html.
 
 All of them render one ``analyzer.types.Report``. ``json`` is the stable, documented document
-(``Report.to_dict``); ``sarif`` is SARIF 2.1.0 for GitHub code scanning (github-bot.md §3.12);
+(``Report.to_dict``); ``sarif`` is SARIF 2.1.0 for GitHub code scanning;
 ``markdown`` is what the pull-request review would say; ``html`` is one self-contained page.
 """
 
@@ -31,7 +31,7 @@ FORMATS: tuple[str, ...] = get_args(Format)
 SARIF_SCHEMA_URI = ("https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/"
                     "sarif-schema-2.1.0.json")
 RULE_ID = "ptbot/risky-line"
-# ptbot never fails a build (its reviews are COMMENT-only, github-bot.md §1.3), and code scanning
+# ptbot never fails a build (its reviews are COMMENT-only), and code scanning
 # fails its check on "error" alerts by default, so the strongest level is "warning".
 SARIF_LEVELS = {"high": "warning", "medium": "note", "low": "note"}
 

@@ -1,6 +1,6 @@
 """Installation tokens kept between requests and shared by every worker process.
 
-An installation token lives an hour (github-bot.md §3.1); minting one costs a signed JWT and a
+An installation token lives an hour; minting one costs a signed JWT and a
 POST. ``bot.github.GitHubApp`` asks its ``TokenCache`` first and mints only when no cached token
 has more than ``REFRESH_MARGIN_SECONDS`` left, so N worker processes share one token per
 installation instead of minting N. Tokens are secrets: nothing here logs them, and

@@ -1,6 +1,6 @@
 """The GitHub App's front door: verify, de-duplicate, turn the event into a small job, enqueue.
 
-No GitHub API call happens here: GitHub gives up on a delivery after 10 s (github-bot.md §3.3),
+No GitHub API call happens here: GitHub gives up on a delivery after 10 s,
 so the request path is signature check -> schema (``bot.events``) -> Redis ``SET NX`` ->
 ``enqueue(job)`` -> 202.
 This module must stay light (no torch, no PyGithub): the web process only imports it.
@@ -42,7 +42,7 @@ from bot.schema import PayloadError, read
 
 log = logging.getLogger(__name__)
 
-DELIVERY_TTL_SECONDS = 7 * 24 * 3600  # github-bot.md §3.2
+DELIVERY_TTL_SECONDS = 7 * 24 * 3600  # a redelivery reuses its GUID; a week outlasts any redelivery
 
 
 def signature_for(secret: bytes, body: bytes) -> str:

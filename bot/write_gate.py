@@ -1,7 +1,7 @@
 """One installation's writes spaced across every worker process, through Redis.
 
 GitHub asks integrations to send mutating requests one at a time, at least a second apart, and
-to hold them all after a secondary rate limit (github-bot.md §3.9). ``bot.github.WriteGate`` does
+to hold them all after a secondary rate limit. ``bot.github.WriteGate`` does
 that inside one process; with several Celery workers each would keep its own pace and together
 they would not. ``RedisWriteGate`` keeps the pace in Redis: a lock that one write holds while it
 runs, the earliest time the next write may start, and the queue of waiting writers (first come,

@@ -26,7 +26,7 @@ from analyzer.types import Record
 
 log = logging.getLogger(__name__)
 
-# The ``language`` values the shared schema accepts (../shared/data/check_data.py).
+# The ``language`` values the benchmark data's record schema accepts, so mined records mix with it.
 SCHEMA_LANGUAGES = frozenset({"python", "java", "javascript", "typescript", "go", "cpp", "c",
                               "rust", "ruby", "csharp", "php", "kotlin", "scala", "swift"})
 

@@ -1,4 +1,4 @@
-"""``ptbot mine-repo``: a repository's history -> real-fix and mutation records (issue 4).
+"""``ptbot mine-repo``: a repository's history -> real-fix and mutation records.
 
 One ``git log -p`` stream (``miners.history``) feeds commits to ``CommitMiner``: fix commits
 become (buggy snippet, fixed snippet, labels) records, and with ``mutations > 0`` the code that

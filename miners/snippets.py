@@ -39,7 +39,7 @@ class Snippet:
     buggy_lines: tuple[int, ...]
     """1-based lines of ``code`` the fix replaces or deletes (pure insertion: the next line)."""
     insertion_only_lines: tuple[int, ...]
-    """Labels that come only from the pure-insertion rule (shared data README, rule 3)."""
+    """Labels that come only from the pure-insertion rule (an insertion labels the line after it)."""
     start: int
     """First line of the region in the old file."""
     kind: RegionKind

@@ -282,7 +282,7 @@ def tiny_artifact_dir(tiny_model_dir, tmp_path_factory: pytest.TempPathFactory):
     return out
 
 
-# ----- label store (issue 6): every store test runs on SQLite and on PostgreSQL ----------------
+# ----- label store: every store test runs on SQLite and on PostgreSQL --------------------------
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

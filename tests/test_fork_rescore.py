@@ -1,5 +1,5 @@
-"""A check run re-run on a fork PR: GitHub sends ``check_run.pull_requests: []`` (github-bot.md
-§3.6), so the worker finds the PR by head SHA (``GET /commits/{sha}/pulls``, else the open PRs)
+"""A check run re-run on a fork PR: GitHub sends ``check_run.pull_requests: []``,
+so the worker finds the PR by head SHA (``GET /commits/{sha}/pulls``, else the open PRs)
 and reviews it, or completes the check run neutral saying why it could not.
 
 End to end: signed webhook -> Flask app -> real Redis -> Celery worker (in a thread, the stack of

@@ -44,7 +44,7 @@ def test_commit_signals(message, author, expected):
 
 @pytest.mark.parametrize("message, author", [
     ("Fix typo", HUMAN),
-    # A person called Claude is not an agent: only the e-mail counts (github-bot.md §4).
+    # A person called Claude is not an agent: only the e-mail counts.
     ("Fix\n\nCo-authored-by: Claude Monet <claude@monet.fr>", HUMAN),
     ("Fix", Person("Claude", "claude@example.com", "claude")),
     ("Bump deps", Person("dependabot[bot]", "49699333+dependabot[bot]@users.noreply.github.com",

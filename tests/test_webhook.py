@@ -82,7 +82,7 @@ def deliver(client, event: str, body: bytes, delivery: str | None = None, secret
 
 
 def test_official_signature_vector():
-    # github-bot.md §3.1: GitHub's documented test vector.
+    # The test vector GitHub documents for webhook signatures.
     sig = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
     assert signature_for(b"It's a Secret to Everybody", b"Hello, World!") == sig
     assert verify_signature(b"It's a Secret to Everybody", b"Hello, World!", sig)

@@ -1,6 +1,6 @@
 """The Celery app, built from ``Settings`` by the composition root (no module-level app).
 
-Delivery guarantees (issue 5 item 7): tasks are acknowledged after they finish (``acks_late``)
+Delivery guarantees: tasks are acknowledged after they finish (``acks_late``)
 and put back when their worker process dies (``task_reject_on_worker_lost``), so a crash means
 "run again", never "lost". ``bot.pr_review`` makes running again harmless, and a per-task
 delivery counter in Redis fails a task that keeps killing its worker after ``max_deliveries``.
@@ -147,7 +147,7 @@ def make_celery(settings: Settings, config: WorkerConfig | None = None,
 
 def enable_feedback(app: Celery, database_url: str, feedback_settings: Any = None,
                     every: float = HARVEST_EVERY_SECONDS) -> None:
-    """Turn on reviewer feedback (issue 6) on a worker app from ``make_celery``: publish records
+    """Turn on reviewer feedback on a worker app from ``make_celery``: publish records
     scored lines in the label store at ``database_url``, pushes / closes / review threads and
     replies become labels, and beat runs the reactions harvest every ``every`` seconds
     (``celery beat`` must run: ``ptbot worker --beat`` or a separate beat process)."""

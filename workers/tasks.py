@@ -203,7 +203,7 @@ def review_jobs(job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         if job.get("number"):
             return [job]
         if not job.get("numbers"):
-            # Fork PRs: GitHub sends an empty pull_requests list (github-bot.md §3.6).
+            # Fork PRs: GitHub sends an empty pull_requests list.
             log.info("check_run %s on %s names no pull request (a fork PR?): see fork_rescore_jobs",
                      job.get("check_run_id"), job.get("head_sha"))
         return [derived_job(job, number=n, force=True) for n in job.get("numbers") or []]
@@ -290,7 +290,7 @@ def register_tasks(app: Any, runtime: WorkerRuntime, *, cpu_queue: str, gpu_queu
         job = read_task_job(raw, REVIEW_TASK)
         if job is None:
             return {"status": "invalid_job"}
-        if feedback_wanted(runtime, job):  # label work (issue 6) runs beside the review
+        if feedback_wanted(runtime, job):  # label work runs beside the review
             self.app.send_task(FEEDBACK_TASK, args=[job.to_json()], queue=cpu_queue)
         jobs = expand_job(runtime, job)
         if jobs != [job]:  # a re-score of several PRs (one task each), or nothing to review
@@ -339,7 +339,7 @@ def register_tasks(app: Any, runtime: WorkerRuntime, *, cpu_queue: str, gpu_queu
     return {REVIEW_TASK: review_task, SCORE_TASK: score_task, PUBLISH_TASK: publish_task}
 
 
-# ----- reviewer feedback (issue 6): opt in with workers.celery_app.enable_feedback ----------------
+# ----- reviewer feedback: opt in with workers.celery_app.enable_feedback --------------------------
 
 
 def feedback_store(runtime: WorkerRuntime) -> Any:
@@ -464,7 +464,7 @@ def eager_runtime(settings: Settings, **kwargs: Any) -> WorkerRuntime:
     return WorkerRuntime(settings, ledger_factory=lambda: ledger, **kwargs)
 
 
-# ----- scale-out training work (issue 4 item 6): mine-repo --queue, extract --queue ---------------
+# ----- scale-out training work: mine-repo --queue, extract --queue --------------------------------
 
 
 def _note_failure(path: Any, error: BaseException) -> None:
