@@ -443,7 +443,7 @@ _calibrate_on_option = click.option(
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")
 @click.option("--length-prior", type=click.FloatRange(min=0),
               help="Weight of the longest-line prior added to the ranker's scores (default 6, chosen on "
-                   "mined non-Python fixes; 0 = the ranker alone). See BENCHMARKS.md.")
+                   "mined non-Python fixes; 0 = the ranker alone). See docs/model-card.md.")
 @click.option("--version", "model_version", help="Version recorded in the manifest (default: the training time).")
 @click.option("--ranker-sources", metavar="SOURCE,...",
               help="Only records of these sources (their `source` field) train the ranker; the other "
