@@ -187,7 +187,7 @@ def find_adaptation(home: Path | str, fingerprint: str) -> AdaptResult | None:
 
 
 def _metrics(preds: Sequence[SnippetPrediction], base_rate: float | None, cfg: AdaptConfig) -> dict[str, Any]:
-    out = evaluate(preds, base_rate=base_rate, n_boot=cfg.n_boot, seed=cfg.seed)
+    out = evaluate(preds, base_rate=None, n_boot=cfg.n_boot, seed=cfg.seed)
     out["topk_curve"] = [_finite(topk_hit_rate(preds, k)) for k in range(1, cfg.max_k + 1)]
     return out
 

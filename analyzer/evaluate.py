@@ -351,7 +351,7 @@ def _metrics(runs: Sequence[MethodRun], ds: str, base_rate: float | None, cfg: E
     per_seed = []
     for run in runs:
         preds = run.predictions[ds]
-        res = evaluate(preds, base_rate=base_rate, n_boot=cfg.n_boot, seed=run.seed, n_bins=cfg.reliability_bins)
+        res = evaluate(preds, base_rate=None, n_boot=cfg.n_boot, seed=run.seed, n_bins=cfg.reliability_bins)
         clean = run.predictions.get(ds + FIXED) or []
         if clean:
             both = list(preds) + list(clean)

@@ -344,8 +344,8 @@ def evaluate(
     """All metrics of one method on one dataset, as plain floats (None where undefined).
 
     Keys: ``top{k}`` per k, ``auroc`` (on ``scores`` over all lines of all snippets), ``brier``,
-    ``bss`` (against ``base_rate``, the training share of buggy lines), ``ece`` (the last three
-    only when every snippet has probabilities; ``bss`` also needs ``base_rate``),
+    ``bss`` (against ``base_rate`` when given, else against the dataset's own share of buggy
+    lines), ``ece`` (the last three only when every snippet has probabilities),
     ``snippet_auroc`` (only with ``snippet_scores``, one per snippet; a snippet is positive when
     it has a buggy line), ``n_snippets``, ``n_buggy_snippets`` (those counted by Top-K),
     ``n_lines``, and ``ci``: {metric: [lo, hi]} from the same group bootstrap as
@@ -382,8 +382,11 @@ def evaluate(
         if probs is not None:
             out["brier"] = brier(probs, labels, w)
             out["ece"] = ece(probs, labels, n_bins, w)
-            if base_rate is not None:
-                out["bss"] = brier_skill_score(probs, labels, base_rate, w)
+            # Against the set's own base rate unless one is given: a training base rate flatters
+            # a set whose bugs are sparser than the training data's.
+            rate = base_rate if base_rate is not None else float((w * labels).sum() / max(w.sum(), 1e-12))
+            if 0.0 < rate < 1.0:
+                out["bss"] = brier_skill_score(probs, labels, rate, w)
         if snippet_scores is not None:
             out["snippet_auroc"] = line_auroc(np.asarray(snippet_scores), snippet_labels, counts)
         return out
