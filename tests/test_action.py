@@ -29,7 +29,7 @@ from bot.action import (
     run_action,
     workflow_command,
 )
-from bot.cli import cli
+from ptbot.cli import cli
 from bot.render import parse_marker
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from analyzer.artifact import default_model_dir, read_manifest, write_manifest
-from bot.cli import cli
+from ptbot.cli import cli
 from conftest import TINY_CODE, tiny_records
 from gitrepo import commit, git, write
 

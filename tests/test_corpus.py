@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from analyzer.records import refuse_test_repositories
 from analyzer.types import Record
-from bot.cli import cli
+from ptbot.cli import cli
 from miners.corpus import Card, CardRepo, CorpusError, Selection, read_reserved, rejection, reserved_hits
 from tests.gitrepo import commit, git, write
 

@@ -91,7 +91,7 @@ def _write(text: str, output: str | None) -> None:
         click.echo(text, nl=False)
 
 
-OUR_PACKAGES = ("analyzer", "bot", "miners", "workers")
+OUR_PACKAGES = ("analyzer", "bot", "miners", "workers", "ptbot")
 
 
 def _third_party_output(shown: bool) -> None:
@@ -628,7 +628,7 @@ def serve(ctx, host, port, eager):
             raise _fail(str(e)) from e
         enqueue, dedupe = InProcessQueue(eager_runtime(settings)), MemoryDeliveryDeduper()
     else:
-        from workers.celery_app import celery_enqueue, make_producer
+        from workers.producer import celery_enqueue, make_producer
 
         enqueue, dedupe = celery_enqueue(make_producer(settings)), RedisDeliveryDeduper.from_url(settings.redis_url)
     click.echo(f"ptbot listening on http://{host}:{port}/webhook"
@@ -655,7 +655,8 @@ def worker(ctx, queues, concurrency, beat, training_only):
     Workers also run `mine-repo --queue` ranges and `extract --queue` shards; they must see the
     repositories and output directories at the producer's paths.
     """
-    from workers.celery_app import WorkerConfig, enable_feedback, make_celery, worker_argv
+    from workers.celery_app import enable_feedback, make_celery, worker_argv
+    from workers.producer import WorkerConfig
 
     settings = _settings(ctx)
     names = {q.strip() for q in queues.split(",") if q.strip()}
@@ -1171,7 +1172,7 @@ def model_rollback(home):
 
 def _mine_on_queue(configs, resume: bool, range_commits: int):
     """``mine-repo --queue``: ranges on the cpu queue, merged into --out here."""
-    from workers.celery_app import make_producer
+    from workers.producer import make_producer
     from workers.scaleout import ScaleOutError, mine_on_queue
 
     click.echo(f"mining {len(configs)} repositor{'y' if len(configs) == 1 else 'ies'} on the cpu queue "
@@ -1265,7 +1266,7 @@ def extract_cmd(ctx, data, out_dir, supervisor, layer, languages, mutations, fin
         click.echo(f"{manifest['counts']['texts']:,} texts of {manifest['counts']['records']:,} records in "
                    f"{len(manifest['shards'])} shard(s), {len(todo)} to read", err=True)
         if queue:
-            from workers.celery_app import make_producer
+            from workers.producer import make_producer
             from workers.scaleout import ScaleOutError, extract_on_queue
 
             try:
