@@ -32,9 +32,9 @@ from analyzer.train import (
     pretraining_records,
     supervisor_ref,
 )
-from ptbot.cli import cli
 from bot.config import Settings
 from bot.pr_review import RedisLedger
+from ptbot.cli import cli
 from workers.celery_app import make_celery
 from workers.producer import WorkerConfig
 from workers.scaleout import extract_on_queue
