@@ -21,6 +21,7 @@ COPY analyzer analyzer
 COPY miners miners
 COPY bot bot
 COPY workers workers
+COPY ptbot ptbot
 COPY templates templates
 RUN pip install --no-cache-dir '.[postgres]'
 

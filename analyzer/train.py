@@ -1,6 +1,6 @@
 """Training loops written out in full: stage 1 (``pretrain``: the SAE) and stage 2 (``bind``).
 
-No argument parsing here: ``bot/cli.py`` reads files and flags and calls these functions.
+No argument parsing here: ``ptbot/cli.py`` reads files and flags and calls these functions.
 
 Stage 1 data (PtTrust's, with PT's bugs fixed): for every record, its buggy ``code`` and its
 ``fixed`` version, paired line by line where the fix changed them; plus ``mutations`` mutated

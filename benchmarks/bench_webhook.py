@@ -87,7 +87,7 @@ def main() -> None:
 
     from bot.config import Settings
     from bot.webhook import RedisDeliveryDeduper, create_app
-    from workers.celery_app import WorkerConfig, celery_enqueue, make_producer
+    from workers.producer import WorkerConfig, celery_enqueue, make_producer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     redis_url = os.environ.get("PTBOT_REDIS_URL", "redis://127.0.0.1:6379/0")

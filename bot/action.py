@@ -38,14 +38,13 @@ from bot.github import GitHubApp, GitHubToken, PostedReview, ReviewComment
 from bot.pr_review import (
     MemoryLedger,
     Outcome,
-    Scored,
     prepare,
     publish,
     score,
     select_lines,
 )
 from bot.provenance import LineProvenance
-from bot.render import CheckOutput, Coverage, Renderer, line_fingerprints, model_label, pct, reason, risk_band
+from bot.render import CheckOutput, Renderer, line_fingerprints, model_label, pct, reason, risk_band
 from bot.report import sarif_log
 from bot.review import Scorer
 from bot.webhook import job_for_event
@@ -404,7 +403,7 @@ def run_action(settings: ActionSettings, load_scorer: Callable[[], Scorer], *,
         settings.sarif_file.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         sarif_path = settings.sarif_file
     if settings.step_summary is not None and ("summary" in settings.outputs or note):
-        check = renderer.check_summary(report, _coverage(scored), model_label(report.model),
+        check = renderer.check_summary(report, scored.coverage, model_label(report.model),
                                        head_sha=str(job["head_sha"]), max_rows=SUMMARY_ROWS)
         append_summary(settings.step_summary, f"### {check.title}\n\n{note}{check.summary}\n")
     if settings.output_file is not None:
@@ -413,15 +412,6 @@ def run_action(settings: ActionSettings, load_scorer: Callable[[], Scorer], *,
     exit_code = _fail_on(settings.fail_on, report, stdout)
     log.info("ptbot action: %s (%s)", status, detail)
     return ActionResult(status, detail, exit_code, len(flagged), review_id, annotations, sarif_path)
-
-
-def _coverage(scored: Scored) -> Coverage:
-    """The coverage line, counted as ``bot.pr_review.publish`` counts it."""
-    prepared = scored.prepared
-    return Coverage(scored=scored.scored, candidates=max(prepared.candidates, scored.scored),
-                    skipped=scored.report.skipped,
-                    scope="AI-authored" if prepared.policy.mode == "ai-only" else "added",
-                    out_of_scope=prepared.out_of_scope, not_scored=prepared.not_scored)
 
 
 def _unscored(settings: ActionSettings, outcome: Outcome, check: CheckOutput | None) -> ActionResult:

@@ -2,7 +2,7 @@
 
 It runs the ``git`` executable (the same one the user runs, so it honours their
 ``.gitignore`` and repository layout) and never writes to the repository. Every failure is a
-``RepoError`` whose message is meant for the user; ``bot/cli.py`` turns it into a clean exit.
+``RepoError`` whose message is meant for the user; ``ptbot/cli.py`` turns it into a clean exit.
 
 Which change is reviewed (``LocalRepo.diff``):
 

@@ -6,7 +6,7 @@ Three stages, so the expensive one can run on a GPU worker while GitHub I/O stay
 1. ``prepare``: refresh the PR (a newer head supersedes this job), read ``.ptbot.toml`` from the
    default branch, open an ``in_progress`` check run, attribute every added line to a commit and
    decide which are AI-authored, and plan score requests (whole file text at the head SHA).
-2. ``score``: the scorer ranks the planned lines (``bot.review.rank_report``).
+2. ``score``: the scorer ranks the planned lines (``bot.review.review_plan``, as every surface does).
 3. ``publish``: under a lock on the job key, skip what was already posted (content fingerprints
    in ptbot's own comments, and the review's own marker), pick the lines the comment budget
    allows (``bot.budget``: lines that stand out from the change's own base rate, as many as its
@@ -40,7 +40,7 @@ from bot.config import RepoConfig
 from bot.github import PostedReview, ReviewComment
 from bot.provenance import LineProvenance
 from bot.render import Coverage, Renderer, line_fingerprints, marker, model_label
-from bot.review import Plan, ReviewLimits, Scorer, plan_requests, rank_report
+from bot.review import Plan, ReviewLimits, Scorer, plan_coverage, plan_requests, review_plan
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +322,16 @@ class Prepared:
     not_scored: tuple[tuple[str, int], ...] = ()
     """Lines in scope given no score, by kind (comment, blank, punctuation-only)."""
 
+    @property
+    def scope(self) -> str:
+        """How the candidate lines are described in the coverage sentence."""
+        return "AI-authored" if self.policy.mode == "ai-only" else "added"
+
+    def plan(self) -> Plan:
+        """The planned requests again, as ``bot.review`` scores them."""
+        return Plan(self.requests, self.skipped, self.candidates, {r.path: r.text for r in self.requests},
+                    self.not_scored)
+
     def to_dict(self) -> dict[str, Any]:
         return {"job": self.job, "policy": vars(self.policy),
                 "requests": [{"path": r.path, "text": r.text, "lines": sorted(r.lines or ()),
@@ -354,6 +364,12 @@ class Scored:
     prepared: Prepared
     report: Report
     scored: int
+
+    @property
+    def coverage(self) -> Coverage:
+        """What the review covered, counted once for the review body, the check run and the Action."""
+        return plan_coverage(self.prepared.plan(), self.report, self.scored, scope=self.prepared.scope,
+                             out_of_scope=self.prepared.out_of_scope)
 
     def to_dict(self) -> dict[str, Any]:
         return {"prepared": self.prepared.to_dict(), "report": self.report.to_dict(), "scored": self.scored}
@@ -490,9 +506,9 @@ def _human_only(key: JobKey, api: PullRequestAPI, run_id: int, out_of_scope: int
 
 def score(prepared: Prepared, scorer: Scorer) -> Scored:
     """Score every planned line and rank them across files (no cut-off yet: publish applies it)."""
-    plan = Plan(prepared.requests, prepared.skipped, prepared.candidates, {})
-    report, n = rank_report(scorer, plan, ReviewLimits())
-    return Scored(prepared, report, n)
+    done = review_plan(scorer, prepared.plan(), ReviewLimits(), scope=prepared.scope,
+                       out_of_scope=prepared.out_of_scope)
+    return Scored(prepared, done.report, done.coverage.scored)
 
 
 # ----- stage 3: publish -----------------------------------------------------------------------
@@ -554,10 +570,7 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
             except Exception:
                 log.exception("%s: could not read suppressed fingerprints from the label store", key)
         review_fp = key.review_fingerprint()
-        coverage = Coverage(scored=scored.scored, candidates=max(prepared.candidates, scored.scored),
-                            skipped=report.skipped,
-                            scope="AI-authored" if policy.mode == "ai-only" else "added",
-                            out_of_scope=prepared.out_of_scope, not_scored=prepared.not_scored)
+        coverage = scored.coverage
         rule = budget.rule_sentence(policy, [ln.probability for ln in report.lines]) if report.lines else None
         review_id = None
         inline = moved = 0

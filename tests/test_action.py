@@ -29,8 +29,8 @@ from bot.action import (
     run_action,
     workflow_command,
 )
-from bot.cli import cli
 from bot.render import parse_marker
+from ptbot.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 WEBHOOKS = ROOT / "tests" / "fixtures" / "github" / "webhooks" / "pull_request"

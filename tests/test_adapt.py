@@ -219,7 +219,7 @@ def test_adapt_outputs_and_refusals(shop, sup, tiny_artifact_dir, tmp_path):
 def test_cli_adapt_prints_the_table_and_writes_the_home(shop, tiny_artifact_dir, tmp_path):
     from click.testing import CliRunner
 
-    from bot.cli import cli
+    from ptbot.cli import cli
 
     homes = tmp_path / "homes"
     env = {"PTBOT_CACHE_DIR": str(tmp_path / "cache"), "PTBOT_DEVICE": "cpu", "PTBOT_MODEL_HOMES": str(homes)}
@@ -321,7 +321,8 @@ def test_beat_adapts_each_mirrored_repository_once_even_when_redelivered(shop, t
     from celery.signals import task_postrun
 
     from bot.pr_review import RedisLedger
-    from workers.celery_app import ADAPT_SCHEDULE_TASK, ADAPT_TASK, WorkerConfig, enable_adaptation, make_celery
+    from workers.celery_app import enable_adaptation, make_celery
+    from workers.producer import ADAPT_SCHEDULE_TASK, ADAPT_TASK, WorkerConfig
     from workers.tasks import WorkerRuntime, mirrored_repositories
 
     mirrors, homes = tmp_path / "mirrors", tmp_path / "homes"

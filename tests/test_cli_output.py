@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import SAMPLE_RECORDS, TINY_RANKER, TINY_SAE, tiny_records
 
-from bot.cli import cli
+from ptbot.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "sample-change"
@@ -108,7 +108,7 @@ def _ptbot(args: list[str], cache: Path) -> subprocess.CompletedProcess:
            if k not in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TQDM_DISABLE")}
     env.update(PTBOT_CACHE_DIR=str(cache), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONWARNINGS="default")  # warnings on, as a user's shell may have them
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "ptbot", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from analyzer.records import refuse_test_repositories
 from analyzer.types import Record
-from bot.cli import cli
 from miners.corpus import Card, CardRepo, CorpusError, Selection, read_reserved, rejection, reserved_hits
+from ptbot.cli import cli
 from tests.gitrepo import commit, git, write
 
 GOOD = "def area(w, h):\n    total = w * h\n    return total\n"

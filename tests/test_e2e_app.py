@@ -33,7 +33,8 @@ from bot.config import Settings
 from bot.github import GitHubApp, RetryPolicy
 from bot.pr_review import RedisLedger
 from bot.webhook import RedisDeliveryDeduper, create_app, signature_for
-from workers.celery_app import WorkerConfig, celery_enqueue, make_celery
+from workers.celery_app import make_celery
+from workers.producer import WorkerConfig, celery_enqueue
 from workers.tasks import WorkerRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,7 +280,8 @@ from conftest import FakeScorer
 from bot.config import Settings
 from bot.github import GitHubApp, RetryPolicy
 from bot.pr_review import RedisLedger
-from workers.celery_app import WorkerConfig, make_celery
+from workers.celery_app import make_celery
+from workers.producer import WorkerConfig
 from workers.tasks import WorkerRuntime
 
 

@@ -362,7 +362,7 @@ def _write_jsonl(path: Path, records: list[Record]) -> str:
 def test_cli_eval_and_features(data, model_dir, tiny_model_dir, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from bot.cli import cli
+    from ptbot.cli import cli
 
     monkeypatch.setenv("PTBOT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("PTBOT_DEVICE", "cpu")

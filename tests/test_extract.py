@@ -32,10 +32,11 @@ from analyzer.train import (
     pretraining_records,
     supervisor_ref,
 )
-from bot.cli import cli
 from bot.config import Settings
 from bot.pr_review import RedisLedger
-from workers.celery_app import WorkerConfig, make_celery
+from ptbot.cli import cli
+from workers.celery_app import make_celery
+from workers.producer import WorkerConfig
 from workers.scaleout import extract_on_queue
 from workers.tasks import WorkerRuntime
 

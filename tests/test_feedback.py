@@ -390,7 +390,8 @@ def test_implicit_labels_from_concurrent_workers_are_written_once(label_store):
 
 
 def test_worker_feedback_tasks_and_beat_schedule(fake_github, app, ledger, store_url):
-    from workers.celery_app import FEEDBACK_TASK, HARVEST_TASK, WorkerConfig, enable_feedback, make_celery
+    from workers.celery_app import enable_feedback, make_celery
+    from workers.producer import FEEDBACK_TASK, HARVEST_TASK, WorkerConfig
     from workers.tasks import (
         WorkerRuntime,
         feedback_sink,
@@ -430,7 +431,7 @@ def test_worker_feedback_tasks_and_beat_schedule(fake_github, app, ledger, store
 def test_cli_feedback_stats_and_export(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from bot.cli import cli
+    from ptbot.cli import cli
     from bot.store import EventIn, ScoredLineIn
 
     url = f"sqlite:///{tmp_path / 'labels.db'}"

@@ -137,7 +137,7 @@ def test_no_pr_for_the_head_completes_the_check_run_neutral(make_stack, fake_git
 
 
 def test_no_pr_and_no_check_run_id_creates_a_neutral_run(app, fake_github):
-    from workers.tasks import fork_rescore_jobs
+    from bot.rescore import fork_rescore_jobs
 
     fake_github.add_repo("octo", "shop")
     job = {"kind": "rescore", "installation_id": TEST_INSTALLATION_ID, "owner": "octo", "repo": "shop",
@@ -148,7 +148,7 @@ def test_no_pr_and_no_check_run_id_creates_a_neutral_run(app, fake_github):
 
 
 def test_fork_jobs_have_the_pull_request_job_shape(app, fake_github):
-    from workers.tasks import fork_rescore_jobs
+    from bot.rescore import fork_rescore_jobs
 
     fork_pr(fake_github)
     job = {"event": "check_run", "action": "rerequested", "kind": "rescore", "delivery": "d",

@@ -11,10 +11,12 @@ from bot.config import Settings
 from bot.events import PullRequestEvent, read_event
 from bot.jobs import FeedbackJob, ReviewJob, read_job
 from bot.pr_review import MemoryLedger
+from bot.rescore import review_jobs
 from bot.schema import Id, PayloadError, read, schema
 from bot.webhook import job_for_event
-from workers.celery_app import REVIEW_TASK, WorkerConfig, make_celery
-from workers.tasks import WorkerRuntime, review_jobs
+from workers.celery_app import make_celery
+from workers.producer import REVIEW_TASK, WorkerConfig
+from workers.tasks import WorkerRuntime
 
 WEBHOOKS = Path(__file__).resolve().parent / "fixtures" / "github" / "webhooks"
 

@@ -19,12 +19,13 @@ from celery.contrib.testing.worker import start_worker
 from click.testing import CliRunner
 from test_miners import _commit, history  # noqa: F401 (pytest fixture)
 
-from bot.cli import cli
 from bot.config import Settings
 from bot.pr_review import RedisLedger
 from miners.mine import MineConfig, mine_repo
 from miners.ranges import RANGES, RangeJob, mine_range, plan_ranges
-from workers.celery_app import MINE_RANGE_TASK, WorkerConfig, make_celery
+from ptbot.cli import cli
+from workers.celery_app import make_celery
+from workers.producer import MINE_RANGE_TASK, WorkerConfig
 from workers.scaleout import Piece, ScaleOutError, mine_on_queue, run_pieces
 from workers.tasks import WorkerRuntime
 

@@ -185,7 +185,7 @@ def test_cli_rebind_from_the_label_store_then_list_and_rollback(spelling, tiny_a
 
     from click.testing import CliRunner
 
-    from bot.cli import cli
+    from ptbot.cli import cli
     from bot.store import EventIn, LabelStore, ScoredLineIn
 
     url = f"sqlite:///{tmp_path / 'labels.db'}"

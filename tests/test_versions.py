@@ -91,7 +91,7 @@ def test_refusals_with_what_to_do(tmp_path):
 
 
 def test_cli_model_init_list_and_rollback(tmp_path):
-    from bot.cli import cli
+    from ptbot.cli import cli
 
     home = tmp_path / "home"
     runner = CliRunner()

@@ -1,4 +1,4 @@
-"""workers: the Celery app's settings, the delivery cap, job fan-out and the --eager runner."""
+"""workers: the Celery app's settings, the delivery cap, job fan-out (bot.rescore) and the --eager runner."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ from bot.config import Settings
 from bot.github import GitHubApp, RetryPolicy
 from bot.pr_review import MemoryLedger, RedisLedger, prepare, score
 from bot.render import Renderer
+from bot.rescore import review_jobs
 from bot.webhook import MemoryDeliveryDeduper, create_app, signature_for
-from workers.celery_app import (
+from workers.celery_app import make_celery, worker_argv
+from workers.producer import (
     PUBLISH_TASK,
     REVIEW_TASK,
     SCORE_TASK,
     WorkerConfig,
     celery_enqueue,
-    make_celery,
     make_producer,
-    worker_argv,
 )
 from workers.tasks import (
     InProcessQueue,
@@ -31,7 +31,6 @@ from workers.tasks import (
     WorkerRuntime,
     eager_runtime,
     expected_model_version,
-    review_jobs,
 )
 
 AI_CALC = "def total(items):\n    return sum(items) / len(items)  # RISK-A\n"

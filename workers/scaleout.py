@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.celery_app import EXTRACT_SHARD_TASK, MINE_RANGE_TASK
+from workers.producer import EXTRACT_SHARD_TASK, MINE_RANGE_TASK
 
 
 class ScaleOutError(RuntimeError):

@@ -5,7 +5,7 @@
 so a worker killed in the middle of a stage only repeats that stage (acks_late), and
 ``bot.pr_review`` makes the repeat harmless. ``InProcessQueue`` runs the same pipeline in a
 thread for ``ptbot serve --eager`` (no Redis, no Celery worker). The web process sends tasks
-by name (``workers.celery_app.celery_enqueue``) and never imports this module.
+by name (``workers.producer.celery_enqueue``) and never imports this module.
 """
 
 from __future__ import annotations
@@ -36,10 +36,20 @@ from bot.pr_review import (
     score,
 )
 from bot.render import Renderer
+from bot.rescore import expand_job
 from bot.review import Scorer
-from bot.schema import Fields, PayloadError
-from bot.webhook import pull_request_fields
-from workers.celery_app import FEEDBACK_TASK, HARVEST_TASK, PUBLISH_TASK, REVIEW_TASK, SCORE_TASK
+from bot.schema import PayloadError
+from workers.producer import (
+    ADAPT_SCHEDULE_TASK,
+    ADAPT_TASK,
+    EXTRACT_SHARD_TASK,
+    FEEDBACK_TASK,
+    HARVEST_TASK,
+    MINE_RANGE_TASK,
+    PUBLISH_TASK,
+    REVIEW_TASK,
+    SCORE_TASK,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,12 +187,6 @@ class WorkerRuntime:
                                           int(job["number"]))
 
 
-def derived_job(job: Mapping[str, Any], **changes: Any) -> Mapping[str, Any]:
-    """``job`` with ``changes``: a typed job is read through its schema again (and stays typed
-    and frozen), a plain dict stays a dict."""
-    return job.replace(**changes) if isinstance(job, Fields) else dict(job, **changes)
-
-
 def read_task_job(raw: Any, task: str) -> Job | None:
     """A task's job read back into its type (``bot.jobs.read_job``); None, logged with the delivery
     id, when it does not fit: a malformed job fails the same way on every retry, so it is dropped."""
@@ -192,59 +196,6 @@ def read_task_job(raw: Any, task: str) -> Job | None:
         delivery = raw.get("delivery") if isinstance(raw, Mapping) else None
         log.error("%s: dropping a job that does not fit its schema (delivery %s): %s", task, delivery, e)
         return None
-
-
-def review_jobs(job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The per-PR review jobs a webhook job stands for (a re-score may name several PRs)."""
-    kind = job.get("kind")
-    if kind == "review":
-        return [job]
-    if kind == "rescore":
-        if job.get("number"):
-            return [job]
-        if not job.get("numbers"):
-            # Fork PRs: GitHub sends an empty pull_requests list.
-            log.info("check_run %s on %s names no pull request (a fork PR?): see fork_rescore_jobs",
-                     job.get("check_run_id"), job.get("head_sha"))
-        return [derived_job(job, number=n, force=True) for n in job.get("numbers") or []]
-    log.info("job kind %r needs no review work (delivery %s)", kind, job.get("delivery"))
-    return []
-
-
-def needs_pull_lookup(job: Mapping[str, Any]) -> bool:
-    """A check-run re-run that named no PR: GitHub leaves ``pull_requests`` empty for forks."""
-    return job.get("kind") == "rescore" and not job.get("number") and not job.get("numbers")
-
-
-def fork_rescore_jobs(github: GitHubApp, job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """Review jobs for a re-run that named no PR: one per open PR whose head is the run's SHA,
-    shaped like a ``pull_request`` job and forced (a re-run must run even if the key is done).
-    When there is none, the check run is completed neutral with the reason, not left hanging."""
-    inst, owner, repo = int(job["installation_id"]), str(job["owner"]), str(job["repo"])
-    sha = str(job.get("head_sha") or "")
-    pulls = github.open_pulls_with_head(inst, owner, repo, sha) if sha else []
-    if pulls:
-        log.info("check_run %s: head %s is %s/%s#%s", job.get("check_run_id"), sha[:12], owner, repo,
-                 ", #".join(str(p.get("number")) for p in pulls))
-        return [derived_job(job, **pull_request_fields(p), force=True) for p in pulls]
-    log.warning("check_run %s on %s/%s: no open pull request has head %s; completing it neutral",
-                job.get("check_run_id"), owner, repo, sha[:12])
-    github.complete_check_run(
-        inst, owner, repo, job.get("check_run_id"), sha, title="ptbot: no pull request to review",
-        summary=(f"ptbot found no open pull request in {owner}/{repo} whose head commit is `{sha}`, "
-                 "so there was nothing to re-run. GitHub does not say which pull request a check "
-                 "run belongs to when the branch lives in a fork, and ptbot looked it up by head "
-                 "SHA: the pull request may be closed, or a newer commit was pushed since. Push a "
-                 "commit or re-open the pull request to get a new review."))
-    return []
-
-
-def expand_job(runtime: WorkerRuntime, job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """``review_jobs``, with a fork PR's re-run matched to its PR through GitHub."""
-    jobs = review_jobs(job)
-    if not jobs and needs_pull_lookup(job):
-        jobs = fork_rescore_jobs(runtime.github(), job)
-    return jobs
 
 
 def count_delivery(ledger: ReviewLedger, task_id: str, name: str, cap: int) -> int:
@@ -292,7 +243,7 @@ def register_tasks(app: Any, runtime: WorkerRuntime, *, cpu_queue: str, gpu_queu
             return {"status": "invalid_job"}
         if feedback_wanted(runtime, job):  # label work runs beside the review
             self.app.send_task(FEEDBACK_TASK, args=[job.to_json()], queue=cpu_queue)
-        jobs = expand_job(runtime, job)
+        jobs = expand_job(job, runtime.github)
         if jobs != [job]:  # a re-score of several PRs (one task each), or nothing to review
             ids = [self.app.send_task(REVIEW_TASK, args=[j.to_json()], queue=cpu_queue).id for j in jobs]
             return {"status": "fanned_out" if ids else "ignored", "tasks": ids}
@@ -443,7 +394,7 @@ class InProcessQueue:
                 if job is None:
                     return
                 typed = read_task_job(job, f"eager job {job['_id']}")
-                jobs = expand_job(self.runtime, typed) if typed is not None else []
+                jobs = expand_job(typed, self.runtime.github) if typed is not None else []
                 for j in jobs:
                     outcome = run_review(j, self.runtime.pull_request(j), self.runtime.scorer(job_repository(j)),
                                          self.runtime.renderer(), self.runtime.ledger(),
@@ -497,8 +448,6 @@ def register_scaleout_tasks(app: Any, runtime: WorkerRuntime, *, max_deliveries:
     there. Their outputs appear by atomic rename under names fixed by the work itself, so a
     redelivered task rewrites the same piece instead of adding one.
     """
-    from workers.celery_app import EXTRACT_SHARD_TASK, MINE_RANGE_TASK
-
     @app.task(bind=True, shared=False, name=MINE_RANGE_TASK)
     def mine_range_task(self: Any, job: dict[str, Any]) -> dict[str, Any]:
         from miners.ranges import RangeJob, mine_range
@@ -578,8 +527,6 @@ def run_adaptation(runtime: WorkerRuntime, repository: str) -> dict[str, Any]:
 def register_adaptation_tasks(app: Any, runtime: WorkerRuntime, *, gpu_queue: str,
                               max_deliveries: int) -> dict[str, Any]:
     """Define the beat task (one adapt task per mirrored repository) and the adapt task."""
-    from workers.celery_app import ADAPT_SCHEDULE_TASK, ADAPT_TASK
-
     @app.task(bind=True, shared=False, name=ADAPT_SCHEDULE_TASK)
     def adapt_schedule_task(self: Any) -> dict[str, Any]:
         repos = mirrored_repositories(runtime.settings)

@@ -91,7 +91,7 @@ def _write(text: str, output: str | None) -> None:
         click.echo(text, nl=False)
 
 
-OUR_PACKAGES = ("analyzer", "bot", "miners", "workers")
+OUR_PACKAGES = ("analyzer", "bot", "miners", "workers", "ptbot")
 
 
 def _third_party_output(shown: bool) -> None:
@@ -259,51 +259,27 @@ def review(ctx, repo, base, head, diff_file, top_k, min_probability, fmt, output
     (binary, deleted, renamed only, unknown language, not UTF-8, too large) are listed with the
     reason. Exit code 0 unless the command itself failed.
     """
-    from analyzer.diff import DiffError, decode_diff
-    from bot.localrepo import LocalRepo, RepoError
-    from bot.render import Coverage
+    from analyzer.diff import DiffError
+    from bot.localrepo import RepoError
     from bot.report import render_report
-    from bot.review import ReviewLimits, plan_requests, rank_report
+    from bot.review import ReviewLimits
+    from bot.review import review as review_change
 
     settings = _settings(ctx)
-    limits = ReviewLimits(top_k=top_k, min_probability=min_probability)
     quiet = fmt != "text" and not output
+    if diff_file and (base or head):
+        raise _fail("--diff cannot be combined with --base/--head")
+    raw = None
+    if diff_file:
+        raw = sys.stdin.buffer.read() if diff_file == "-" else _read_bytes(diff_file)
     try:
-        if diff_file:
-            if base or head:
-                raise _fail("--diff cannot be combined with --base/--head")
-            raw = sys.stdin.buffer.read() if diff_file == "-" else _read_bytes(diff_file)
-            decoded = decode_diff(raw)
-            files, undecodable = decoded.files, decoded.undecodable
-            root = Path(repo)
-
-            def read_new(path: str) -> bytes | None:
-                p = root / path
-                return p.read_bytes() if p.is_file() else None
-        else:
-            local = LocalRepo(repo)
-            d = local.diff(base, head)
-            files, undecodable = d.files, d.undecodable
-
-            def read_new(path: str) -> bytes | None:
-                return local.file_text(path, d.head)
+        done = review_change(lambda: _load_scorer(settings, model, quiet=quiet), repo, base=base, head=head,
+                             diff=raw, limits=ReviewLimits(top_k=top_k, min_probability=min_probability),
+                             progress=not quiet, say=lambda line: click.echo(line, err=True))
     except (RepoError, DiffError) as e:
         raise _fail(str(e)) from e
-
-    plan = plan_requests(files, read_new, limits, undecodable)
-    if not files:
-        click.echo("nothing to review: the diff is empty", err=True)
-    scorer = _load_scorer(settings, model, quiet=quiet)
-    if plan.requests and not quiet:
-        n_lines = sum(len(r.lines or ()) for r in plan.requests)
-        click.echo(f"scoring {n_lines} line{'s' * (n_lines != 1)} in {len(plan.requests)} "
-                   f"file{'s' * (len(plan.requests) != 1)}", err=True)
-    report, n_scored = rank_report(scorer, plan, limits, progress=not quiet)
-    coverage = Coverage(scored=n_scored, candidates=max(plan.candidates, n_scored),
-                        skipped=report.skipped, scope="changed", not_scored=plan.not_scored)
-    changed = {r.path: set(r.lines or ()) for r in plan.requests}
-    _write(render_report(report, fmt, files=plan.texts, changed=changed, coverage=coverage, explain=explain),
-           output)
+    _write(render_report(done.report, fmt, files=done.texts, changed=done.changed, coverage=done.coverage,
+                         explain=explain), output)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -628,7 +604,7 @@ def serve(ctx, host, port, eager):
             raise _fail(str(e)) from e
         enqueue, dedupe = InProcessQueue(eager_runtime(settings)), MemoryDeliveryDeduper()
     else:
-        from workers.celery_app import celery_enqueue, make_producer
+        from workers.producer import celery_enqueue, make_producer
 
         enqueue, dedupe = celery_enqueue(make_producer(settings)), RedisDeliveryDeduper.from_url(settings.redis_url)
     click.echo(f"ptbot listening on http://{host}:{port}/webhook"
@@ -655,7 +631,8 @@ def worker(ctx, queues, concurrency, beat, training_only):
     Workers also run `mine-repo --queue` ranges and `extract --queue` shards; they must see the
     repositories and output directories at the producer's paths.
     """
-    from workers.celery_app import WorkerConfig, enable_feedback, make_celery, worker_argv
+    from workers.celery_app import enable_feedback, make_celery, worker_argv
+    from workers.producer import WorkerConfig
 
     settings = _settings(ctx)
     names = {q.strip() for q in queues.split(",") if q.strip()}
@@ -1171,7 +1148,7 @@ def model_rollback(home):
 
 def _mine_on_queue(configs, resume: bool, range_commits: int):
     """``mine-repo --queue``: ranges on the cpu queue, merged into --out here."""
-    from workers.celery_app import make_producer
+    from workers.producer import make_producer
     from workers.scaleout import ScaleOutError, mine_on_queue
 
     click.echo(f"mining {len(configs)} repositor{'y' if len(configs) == 1 else 'ies'} on the cpu queue "
@@ -1265,7 +1242,7 @@ def extract_cmd(ctx, data, out_dir, supervisor, layer, languages, mutations, fin
         click.echo(f"{manifest['counts']['texts']:,} texts of {manifest['counts']['records']:,} records in "
                    f"{len(manifest['shards'])} shard(s), {len(todo)} to read", err=True)
         if queue:
-            from workers.celery_app import make_producer
+            from workers.producer import make_producer
             from workers.scaleout import ScaleOutError, extract_on_queue
 
             try:

@@ -1,0 +1,5 @@
+"""``python -m ptbot``: the same command line as the ``ptbot`` console script."""
+
+from ptbot.cli import main
+
+main()
