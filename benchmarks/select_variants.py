@@ -339,7 +339,9 @@ def main() -> None:
 
     feats = _Feats()
     # The ranker alone: a variant names its prior (^pW, ^tW, --blend), whatever MODEL was bound with.
-    ranker_cfg = {**{k: v for k, v in loaded.manifest["ranker"].items() if k not in ("d_in", "seed")},
+    # An SAE-only model (pretrained, not yet bound) gets today's ranker defaults.
+    bound = loaded.manifest.get("ranker") or RankerConfig(d_in=1).to_dict()
+    ranker_cfg = {**{k: v for k, v in bound.items() if k not in ("d_in", "seed")},
                   "length_prior": 0.0}
     cfg = EvalConfig(methods=("probe",))
     results: dict[str, list[dict[str, dict[str, float]]]] = {}
