@@ -45,7 +45,7 @@ from analyzer import artifact
 from analyzer.baselines import (CONTEXT_KEYS, ClassifierConfig, FullPassCache, FullPassLines, LineClassifier,
                                 length_scores, random_scores, read_full, uncertainty_scores)
 from analyzer.calibrate import DEFAULT_METHOD, Calibrator
-from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, ranker_inputs
+from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, line_vectors, ranker_inputs
 from analyzer.metrics import (SnippetPrediction, bootstrap_ci, evaluate, random_topk_hit_rate, snippet_auroc,
                               summarize_seeds, topk_hit_rate)
 from analyzer.ranker import (DEFAULT_CALIBRATE_ON, RankerConfig, Slate, by_source, held_out_logits, load_ranker,
@@ -510,7 +510,7 @@ def _warn_sae_overlap(manifest: dict[str, Any], train: Sequence[Record],
 
 def _sae_inputs(sae, r: Reading, features: FeatureConfig) -> torch.Tensor:
     with torch.no_grad():
-        return ranker_inputs(sae.encode(r.snippet.states), r.snippet.lines, features)
+        return ranker_inputs(line_vectors(sae, r.snippet.states, features), r.snippet.lines, features)
 
 
 def _shipped_pttrust(loaded: LoadedModel, tests: Mapping[str, Sequence[Reading]]) -> MethodRun:

@@ -53,10 +53,18 @@ class FeatureConfig:
     """Append 1.0 for a line that declares (an import/include/use line or a function/type header,
     ``analyzer.declarations``), else 0.0: a language-agnostic column through which what Python
     teaches about such lines reaches other languages' signatures. Last column when on."""
+    inputs: str = "sae"
+    """What the ranker reads for each line: ``sae``, the SAE's latents, or ``states``, the probed
+    layer's raw states (the SAE then only explains a line, naming its most over-active latents).
+    On real fixes in six languages, a ranker on the raw states of Qwen2.5-Coder-0.5B's layer 6 put
+    the buggy line first more often than one on the SAE's latents (validation repositories, mean
+    Top-1 0.215 vs 0.197 with the same length prior, docs/model-card.md)."""
 
     def __post_init__(self) -> None:
         if not (self.absolute or self.centre):
             raise ValueError("FeatureConfig needs absolute or centred latents (or both)")
+        if self.inputs not in ("sae", "states"):
+            raise ValueError(f"FeatureConfig.inputs must be 'sae' or 'states', got {self.inputs!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,6 +157,16 @@ def extract(sup: Supervisor, texts: Sequence[str], languages: Sequence[str | Non
         bar.update(len(part))
     bar.close()
     return [o for o in out if o is not None]
+
+
+def line_vectors(sae, states: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """The per-line vectors the ranker's features are built from: (n_lines, d) states ->
+    (n_lines, n_latents) SAE latents, or the states themselves when ``cfg.inputs == "states"``."""
+    if cfg.inputs == "states":
+        return states
+    if not len(states):
+        return torch.zeros(0, sae.cfg.n_latents)
+    return sae.encode(states)
 
 
 def ranker_inputs(latents: torch.Tensor, lines: Sequence[LineSpan], cfg: FeatureConfig) -> torch.Tensor:

@@ -151,6 +151,11 @@ class RankerConfig:
     on evaluation data; training ignores the prior (trained with it, the MLP learned to cancel it
     on Python and transferred worse: 0.211 vs 0.223 validation Top-1). 0 = none; models
     written before this field existed read as 0 (``from_dict``)."""
+    prior_skips_declarations: bool = False
+    """Give declaration lines (imports, function and type headers: the 1.0 entries of the last
+    feature column, ``FeatureConfig.declarations``) no length prior: such a line is long for
+    reasons that say nothing about its risk (a wrapped signature, a long ``use`` list), so it gets
+    neither a bonus nor a penalty. Needs the declaration column as the last input."""
 
     def __post_init__(self) -> None:
         for name in ("d_in", "hidden", "layers", "epochs", "batch_snippets", "patience"):
@@ -177,7 +182,7 @@ class RankerConfig:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown RankerConfig fields {sorted(unknown)}; was the artifact built by a newer ptbot?")
-        return cls(**{"length_prior": 0.0, **d})
+        return cls(**{"length_prior": 0.0, "prior_skips_declarations": False, **d})
 
 
 class RankerMLP(nn.Module):
@@ -208,7 +213,10 @@ class RankerMLP(nn.Module):
             if tokens is None or tokens.shape != logits.shape:
                 raise ValueError(f"this ranker adds a length prior: pass the token count of each of the "
                                  f"{tuple(logits.shape)} lines")
-            logits = logits + self.cfg.length_prior * length_prior_term(tokens)
+            term = length_prior_term(tokens)
+            if self.cfg.prior_skips_declarations:
+                term = term * (1.0 - x[..., -1])  # last column: 1.0 on declaration lines
+            logits = logits + self.cfg.length_prior * term
         return logits
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch
 
 from analyzer import artifact, shards
 from analyzer.calibrate import DEFAULT_METHOD, Calibrator
-from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, ranker_inputs
+from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, line_vectors, ranker_inputs
 from analyzer.metrics import SnippetPrediction, evaluate
 from analyzer.mutate import mutate, pair_lines
 from analyzer.ranker import (DEFAULT_CALIBRATE_ON, RankerConfig, Slate, by_source, held_out_logits, load_ranker,
@@ -225,12 +225,12 @@ def _labels(rec: Record, sn: SnippetLines) -> torch.Tensor:
 
 
 def snippet_features(sae, snippets: Sequence[SnippetLines], features: FeatureConfig) -> list[torch.Tensor]:
-    """SAE latents -> ranker inputs, per snippet: list of (n_lines, n_inputs)."""
+    """Line states -> ranker inputs (through the SAE unless ``features.inputs`` is ``states``),
+    per snippet: list of (n_lines, n_inputs)."""
     out = []
     with torch.no_grad():
         for sn in snippets:
-            z = sae.encode(sn.states) if len(sn.lines) else torch.zeros(0, sae.cfg.n_latents)
-            out.append(ranker_inputs(z, sn.lines, features))
+            out.append(ranker_inputs(line_vectors(sae, sn.states, features), sn.lines, features))
     return out
 
 
@@ -288,7 +288,8 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
          ranker_cfg: dict[str, Any] | None = None, dev_fraction: float = 0.2, seed: int = 0,
          calibration: str = DEFAULT_METHOD, calibrate_on: str = DEFAULT_CALIBRATE_ON, progress: bool = True,
          cache: StateCache | None = None, version: str | None = None, keep_ranker: bool = False,
-         ranker_sources: Sequence[str] | None = None) -> dict[str, Any]:
+         ranker_sources: Sequence[str] | None = None,
+         features_update: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 2: train the ranker and calibrator on labelled records; update ``model_dir``.
 
     ``calibrate_on`` picks the logits the calibration map is fitted on (``ranker.held_out_logits``:
@@ -300,7 +301,9 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     sizes), so that the dev metrics stay honest. ``ranker_sources``: the sources (``Record.source``)
     whose records train and early-stop the ranker (None = all); the other sources' training-side
     records only fit the calibration map, scored by the ranker that never saw them, and every
-    source's dev-side records give the dev metrics.
+    source's dev-side records give the dev metrics. ``features_update``: ``FeatureConfig`` fields
+    to change before binding (e.g. ``{"inputs": "states", "declarations": True}``); the text
+    prefix is fixed by stage 1 and cannot change here.
     """
     refuse_test_repositories(records)
     manifest = artifact.read_manifest(model_dir)
@@ -308,6 +311,12 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
         raise artifact.ArtifactError(f"{model_dir} has no SAE yet: run `ptbot pretrain` first")
     artifact.check_supervisor(manifest, supervisor_ref(sup), model_dir)
     features = FeatureConfig.from_dict(manifest["features"])
+    if features_update:
+        if "prefix" in features_update:
+            raise ValueError("the text prefix is fixed by stage 1 (pretrain); it cannot change at bind")
+        features = replace(features, **features_update)
+    if (ranker_cfg or {}).get("prior_skips_declarations") and not features.declarations:
+        raise ValueError("prior_skips_declarations reads the declaration column: bind with --declarations")
     sae = load_sae(model_dir, manifest["sae"])
     train_recs, dev_recs = split_by_problem(records, dev_fraction, seed)
     if not train_recs or not dev_recs:
@@ -343,7 +352,7 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     manifest = _existing(model_dir)
     manifest.update({
         **({"version": version} if version else {}),
-        "ranker": cfg.to_dict(), "calibration": calib.to_dict(),
+        "features": features.to_dict(), "ranker": cfg.to_dict(), "calibration": calib.to_dict(),
         "ranker_training": {"train_records": len(train_recs), "dev_records": len(dev_recs),
                             "train_lines": int(sum(len(s.labels) for s in train)),
                             "base_rate": base_rate, "dev_fraction": dev_fraction, "seed": seed,

@@ -420,6 +420,13 @@ _calibrate_on_option = click.option(
 @click.option("--length-prior", type=click.FloatRange(min=0),
               help="Weight of the longest-line prior added to the ranker's scores (default 6, chosen on "
                    "mined non-Python fixes; 0 = the ranker alone). See docs/model-card.md.")
+@click.option("--inputs", type=click.Choice(["sae", "states"]),
+              help="What the ranker reads per line: the SAE's latents, or the supervisor's raw states (the SAE "
+                   "then only explains lines). Default: what the model was pretrained with (sae).")
+@click.option("--declarations/--no-declarations", default=None,
+              help="Append a 0/1 column marking import and function/type header lines (default: as pretrained).")
+@click.option("--prior-skips-declarations", is_flag=True, default=None,
+              help="No length prior on declaration lines (needs --declarations).")
 @click.option("--version", "model_version", help="Version recorded in the manifest (default: the training time).")
 @click.option("--ranker-sources", metavar="SOURCE,...",
               help="Only records of these sources (their `source` field) train the ranker; the other "
@@ -435,7 +442,7 @@ _calibrate_on_option = click.option(
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
 def bind(ctx, data, model_dir, languages, dev_fraction, calibration, calibrate_on, temperature, epochs, length_prior,
-         model_version, ranker_sources, keep_ranker, feedback_db, seed):
+         inputs, declarations, prior_skips_declarations, model_version, ranker_sources, keep_ranker, feedback_db, seed):
     """Stage 2: train the ranker (NeuralNDCG + pointwise head) and calibrate it on DATA."""
     if feedback_db:
         if temperature is not None or length_prior is not None or model_version or keep_ranker or ranker_sources:
@@ -455,10 +462,11 @@ def bind(ctx, data, model_dir, languages, dev_fraction, calibration, calibrate_o
     except ArtifactError as e:
         raise _fail(str(e)) from e
     sup = _load_supervisor(_settings(ctx), manifest["supervisor"]["model"], manifest["supervisor"]["layer"])
-    rcfg = {k: v for k, v in {"temperature": temperature, "epochs": epochs,
-                              "length_prior": length_prior}.items() if v is not None}
+    rcfg = {k: v for k, v in {"temperature": temperature, "epochs": epochs, "length_prior": length_prior,
+                              "prior_skips_declarations": prior_skips_declarations}.items() if v is not None}
+    fupdate = {k: v for k, v in {"inputs": inputs, "declarations": declarations}.items() if v is not None}
     try:
-        manifest = run(sup, Path(model_dir), recs, ranker_cfg=rcfg, dev_fraction=dev_fraction,
+        manifest = run(sup, Path(model_dir), recs, ranker_cfg=rcfg, features_update=fupdate, dev_fraction=dev_fraction,
                        seed=seed, calibration=calibration, calibrate_on=calibrate_on, cache=_state_cache(ctx, sup),
                        version=model_version, keep_ranker=keep_ranker,
                        ranker_sources=_comma_list(ranker_sources))

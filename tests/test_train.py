@@ -226,3 +226,39 @@ def test_ranker_inputs_columns_absolute_and_relative_shape():
     torch.testing.assert_close(d[:, :5], ranker_inputs(latents, decl_lines, FeatureConfig(prefix="")))
     assert d[:, 5].tolist() == [1.0, 0.0, 0.0]
     assert FeatureConfig.from_dict(FeatureConfig().to_dict()).declarations is False
+
+
+def test_bind_on_raw_states_with_a_prior_that_skips_declarations(sup, tiny_artifact_dir, tmp_path):
+    """``inputs = states``: the ranker reads the supervisor's states (the SAE only explains), and the
+    length prior leaves declaration lines (last feature column) alone; the scorer reads both back."""
+    from analyzer.declarations import declares
+    from analyzer.ranker import length_prior_term
+    from analyzer.score import RiskScorer
+    from analyzer.types import ScoreRequest
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_artifact_dir, model)
+    with pytest.raises(ValueError, match="bind with --declarations"):
+        bind(sup, model, tiny_records(), ranker_cfg={**TINY_RANKER, "prior_skips_declarations": True},
+             progress=False)
+    with pytest.raises(ValueError, match="prefix is fixed by stage 1"):
+        bind(sup, model, tiny_records(), features_update={"prefix": ""}, progress=False)
+    m = bind(sup, model, tiny_records(), dev_fraction=0.3, progress=False,
+             ranker_cfg={**TINY_RANKER, "length_prior": 6.0, "prior_skips_declarations": True},
+             features_update={"inputs": "states", "declarations": True})
+    assert m["features"]["inputs"] == "states" and m["features"]["declarations"] is True
+    assert m["ranker"]["d_in"] == sup.info.hidden_size + 4  # states, 3 shape columns, declarations
+    assert read_manifest(model)["ranker"]["prior_skips_declarations"] is True
+
+    scorer = RiskScorer.load(model, supervisor=sup.cfg)
+    code = "import os\ndef f(a, b):\n    x = a + b * 2 - len(os.sep)\n    return x\n"
+    lines = scorer.score_many([ScoreRequest(path="f.py", text=code, language="python")])[0]
+    assert {ln.line for ln in lines} == {1, 2, 3, 4} and all(ln.features for ln in lines[:1])
+    # The prior moved code lines only: with it switched off, declaration logits are unchanged.
+    sn = extract(sup, [code], ["python"], scorer.features)[0]
+    x = torch.cat([sn.states - sn.states.mean(0), torch.zeros(len(sn.lines), 4)], dim=1)
+    x[:, -1] = torch.tensor([float(declares(s.text)) for s in sn.lines])
+    tokens = torch.tensor([s.n_tokens for s in sn.lines])
+    delta = scorer.ranker(x, tokens) - scorer.ranker.mlp_logits(x)
+    expect = 6.0 * length_prior_term(tokens) * (1 - x[:, -1])
+    assert torch.allclose(delta, expect, atol=1e-5) and x[:, -1].sum() >= 1
