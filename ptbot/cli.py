@@ -325,8 +325,9 @@ def _reading_options(fn):
     """Options that decide which texts stage 1 reads: shared by `pretrain` and `extract`, which
     must make the very same texts."""
     options = [
-        click.option("--supervisor", default="smollm2", show_default=True,
-                     help="Supervisor LLM: smollm2, gemma3-270m, a hub id, a local dir or a .gguf file."),
+        click.option("--supervisor", default="qwen2.5-coder-0.5b", show_default=True,
+                     help="Supervisor LLM: an embedded name (qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, smollm2, "
+                          "gemma3-270m), a hub id, a local dir or a .gguf file."),
         click.option("--layer", type=click.IntRange(min=1), help="Decoder block to probe (default: ceil(L/4))."),
         click.option("--languages", help="Only records of these languages (comma-separated)."),
         click.option("--mutations", default=2, show_default=True, type=click.IntRange(min=0),
@@ -703,7 +704,7 @@ def _model_dir_or_default(settings: Settings, model: str | None) -> Path | None:
               help="Probe this decoder layer of the supervisor (PTBOT_SUPERVISOR) instead of a model's: "
                    "for layer sweeps of the SAE-free methods (probe, length, ...); pttrust needs --model.")
 @click.option("--supervisor", metavar="NAME", help="With --layer: the supervisor LLM to probe (smollm2, "
-              "gemma3-270m, a hub id, a local dir or a .gguf file; default smollm2).")
+              "gemma3-270m, qwen2.5-coder-0.5b/1.5b, a hub id, a local dir or a .gguf file; default qwen2.5-coder-0.5b).")
 @click.pass_context
 def eval_cmd(ctx, tests, train_files, methods, model, json_out, plots_dir, seeds, boot, dev_fraction,
              ranker_epochs, snippet_auroc, layer, supervisor):

@@ -143,7 +143,8 @@ def smollm2_model_dir(smollm2_supervisor, tmp_path_factory) -> Path:
     data.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in tiny_records(16)))
     out = tmp / "model"
     env = {"PTBOT_CACHE_DIR": str(smollm2_supervisor.cfg.cache_dir), "HF_HUB_OFFLINE": "1"}
-    r = CliRunner(env=env).invoke(cli, ["pretrain", str(data), "--out", str(out), "--latents", "256",
+    r = CliRunner(env=env).invoke(cli, ["pretrain", str(data), "--out", str(out), "--supervisor", "smollm2",
+                                        "--latents", "256",
                                         "--k", "16", "--epochs", "2", "--mutations", "1"])
     assert r.exit_code == 0, r.output + repr(r.exception)
     r = CliRunner(env=env).invoke(cli, ["bind", str(data), "--model", str(out), "--epochs", "5",
@@ -179,12 +180,15 @@ def test_review_end_to_end_with_real_smollm2(tmp_path, smollm2_model_dir):
 
 
 @pytest.mark.slow
-def test_review_with_the_packaged_default_model(tmp_path, smollm2_supervisor):
+def test_review_with_the_packaged_default_model(tmp_path, ptbot_cache_dir):
+    """The shipped default: Qwen2.5-Coder-0.5B from its pinned packages, offline, read at layer 6."""
     if not (default_model_dir() / "manifest.json").exists():
         pytest.skip(f"the default model is not trained yet ({default_model_dir()}/manifest.json missing)")
+    manifest = read_manifest(default_model_dir())
     repo = make_repo(tmp_path / "repo")
     doc = _review_json(repo, None)
-    assert doc["lines"] and doc["model"]["layer"] == 8
+    assert doc["lines"] and doc["model"]["layer"] == manifest["supervisor"]["layer"]
+    assert doc["model"]["supervisor"] == manifest["supervisor"]["source"] == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
 
 
 @pytest.mark.slow
