@@ -17,7 +17,7 @@ import torch
 from analyzer import artifact
 from analyzer.calibrate import Calibrator
 from analyzer.comments import comment_lines
-from analyzer.features import FeatureConfig, extract, ranker_inputs
+from analyzer.features import FeatureConfig, StateCache, extract, ranker_inputs
 from analyzer.languages import language_for_path
 from analyzer.ranker import load_ranker
 from analyzer.sae import load_sae
@@ -89,17 +89,19 @@ class RiskScorer:
         return self.score_many([req])[0]
 
     @torch.inference_mode()
-    def score_many(self, requests: Sequence[ScoreRequest], progress: bool = False) -> list[list[LineScore]]:
+    def score_many(self, requests: Sequence[ScoreRequest], progress: bool = False,
+                   cache: StateCache | None = None) -> list[list[LineScore]]:
         """Score many files in one batched pass. Each file's lines are ranked within the file.
 
         Every scorable line of a file is read in whole-file context (the ranker's centred
         features compare a line with the rest of its file, comments included, as in training);
         only the requested lines are returned, and never a comment or docstring line
-        (``analyzer.comments``): those are no risk candidates.
+        (``analyzer.comments``): those are no risk candidates. ``cache``: line states kept on disk
+        (training and benchmark replays of the same texts; a review has no use for it).
         """
         langs = [r.language or language_for_path(r.path) for r in requests]
         snippets = extract(self.sup, [r.text for r in requests], langs, self.features,
-                           progress=progress, desc="scoring")
+                           progress=progress, desc="scoring", cache=cache)
         results: list[list[LineScore]] = []
         for req, lang, sn in zip(requests, langs, snippets):
             if not sn.lines:

@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 from analyzer.artifact import default_model_dir  # noqa: E402
+from analyzer.features import StateCache  # noqa: E402
 from analyzer.records import load_records  # noqa: E402
 from analyzer.score import RiskScorer  # noqa: E402
 from analyzer.supervisor import SupervisorConfig  # noqa: E402
@@ -40,11 +41,11 @@ from bot.config import RepoConfig  # noqa: E402
 GRID = {"min_lift": (1.0, 1.25, 1.5, 2.0), "lines_per_comment": (3, 4, 6, 8), "top_k": (3, 5)}
 
 
-def scored_changes(scorer: RiskScorer, path: Path) -> list[list[tuple[str, float, bool]]]:
+def scored_changes(scorer: RiskScorer, path: Path, cache: StateCache) -> list[list[tuple[str, float, bool]]]:
     recs = load_records([path])
     requests = [ScoreRequest(path=r.id, text=r.code, language=r.language) for r in recs]
     out = []
-    for rec, lines in zip(recs, scorer.score_many(requests), strict=True):
+    for rec, lines in zip(recs, scorer.score_many(requests, cache=cache), strict=True):
         bugs = set(rec.buggy_lines)
         out.append([(rec.id, ln.probability, ln.line in bugs) for ln in lines])
     return out
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cache = Path(os.environ.get("PTBOT_CACHE_DIR", "~/.cache/ptbot")).expanduser()
     scorer = RiskScorer.load(args.model or default_model_dir(), supervisor=SupervisorConfig(cache_dir=cache))
-    sets = {p.stem: scored_changes(scorer, p) for p in [args.validation, *args.tests]}
+    states = StateCache(cache, scorer.sup)
+    sets = {p.stem: scored_changes(scorer, p, states) for p in [args.validation, *args.tests]}
     val = sets[args.validation.stem]
     old = evaluate(val, PREVIOUS_DEFAULTS)
     floor = args.min_precision if args.min_precision is not None else (old.precision or 0.0)

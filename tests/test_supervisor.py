@@ -255,7 +255,7 @@ def test_gguf_cache_second_load_reads_the_cache(smollm2_supervisor, ptbot_cache_
     assert "model.embed_tokens.weight" in keys and "lm_head.weight" not in keys
     before = {p.name: p.stat().st_mtime_ns for p in entry.iterdir()}
     with caplog.at_level(logging.INFO, logger="analyzer.supervisor"):
-        again = Supervisor.load(SupervisorConfig(cache_dir=ptbot_cache_dir, device="cpu"))
+        again = Supervisor.load(SupervisorConfig(model="smollm2", cache_dir=ptbot_cache_dir, device="cpu"))
     assert not [r for r in caplog.records if "dequantizing" in r.getMessage()]
     assert {p.name: p.stat().st_mtime_ns for p in entry.iterdir()} == before
     assert again.info == smollm2_supervisor.info
