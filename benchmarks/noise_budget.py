@@ -9,10 +9,10 @@ reports, per file, the precision of the comments it would post (share on a buggy
 share of buggy changes that get at least one comment on a buggy line (``bot.budget.evaluate``).
 
 The grid of candidate settings is searched on the first file (validation repositories only); the
-chosen setting is the one with the highest hit rate among those whose precision is at least the
-previous defaults' hit-rate-weighted precision floor (``--min-precision``, default: the precision
-of the old defaults on the same file), and is then reported on every ``--tests`` file beside the
-old and the shipped defaults, never chosen there.
+chosen setting is the one with the highest hit rate among those that post at most
+``--max-comments`` comments per change on average (a reviewer's noise budget) with a precision
+of at least ``--min-precision``; it is then reported on every ``--tests`` file beside the old
+and the shipped defaults, never chosen there.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("validation", type=Path, help="validation-repository records (the grid is searched here)")
     ap.add_argument("--tests", nargs="*", default=[], type=Path, help="reported only")
     ap.add_argument("--model", type=Path, help="model directory (default: the packaged artifact)")
-    ap.add_argument("--min-precision", type=float, help="precision floor for the choice (default: old defaults')")
+    ap.add_argument("--max-comments", type=float, default=1.5, help="mean comments per change allowed (1.5)")
+    ap.add_argument("--min-precision", type=float, default=0.25, help="precision floor for the choice (0.25)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -73,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     states = StateCache(cache, scorer.sup)
     sets = {p.stem: scored_changes(scorer, p, states) for p in [args.validation, *args.tests]}
     val = sets[args.validation.stem]
-    old = evaluate(val, PREVIOUS_DEFAULTS)
-    floor = args.min_precision if args.min_precision is not None else (old.precision or 0.0)
+    floor = args.min_precision
     grid = []
     for lift, per, k in itertools.product(*GRID.values()):
         rule = replace(RepoConfig(), min_lift=lift, lines_per_comment=per, top_k=k, min_probability=0.0)
         res = evaluate(val, rule)
         grid.append(({"min_lift": lift, "lines_per_comment": per, "top_k": k}, res))
-    ok = [(s, r) for s, r in grid if r.precision is not None and r.precision >= floor] or grid
+    ok = [(s, r) for s, r in grid if r.precision is not None and r.precision >= floor
+          and r.comments / max(r.changes, 1) <= args.max_comments] or grid
     best, _ = max(ok, key=lambda sr: (sr[1].hit_rate or 0.0, sr[1].precision or 0.0))
     rules = {"previous defaults": PREVIOUS_DEFAULTS, "shipped defaults": RepoConfig(),
              "chosen on validation": replace(RepoConfig(), min_probability=0.0, **best)}

@@ -19,7 +19,7 @@ from bot.config import RepoConfig
 DEFAULTS = RepoConfig()
 
 
-@pytest.mark.parametrize("scored, limit", [(0, 0), (1, 1), (4, 1), (5, 2), (8, 2), (9, 3), (17, 5), (400, 5)])
+@pytest.mark.parametrize("scored, limit", [(0, 0), (1, 1), (3, 1), (4, 2), (6, 2), (7, 3), (17, 3), (400, 3)])
 def test_the_comment_limit_grows_with_the_change(scored, limit):
     assert comment_limit(DEFAULTS, scored) == limit
     assert comment_limit(PREVIOUS_DEFAULTS, scored) == min(5, scored)
@@ -64,7 +64,7 @@ def test_the_per_file_cap_and_lines_already_posted():
 def test_the_rule_in_one_sentence():
     probabilities = [0.3] + [0.1] * 16
     assert rule_sentence(DEFAULTS, probabilities) == (
-        "ptbot comments inline on at most 5 of the 17 scored lines (one per 4 scored lines, at most 5 "
+        "ptbot comments inline on at most 3 of the 17 scored lines (one per 3 scored lines, at most 3 "
         "per review and 3 per file), and only on lines whose probability is at least 1.5× the change's "
         "base rate (the mean of its other scored lines, with 4 more at 10%; the change's mean is 11%).")
     assert rule_sentence(PREVIOUS_DEFAULTS, [0.004]) == (

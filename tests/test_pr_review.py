@@ -189,8 +189,8 @@ def test_default_budget_speaks_when_a_line_stands_out_of_a_quiet_change(fake_git
     assert outcome.status == "posted"
     (comment,) = fake_github.review_comments
     assert (comment["path"], comment["line"]) == ("src/q.py", 17)
-    rule = ("**Comments:** ptbot comments inline on at most 5 of the 17 scored lines (one per 4 scored "
-            "lines, at most 5 per review and 3 per file), and only on lines whose probability is at least "
+    rule = ("**Comments:** ptbot comments inline on at most 3 of the 17 scored lines (one per 3 scored "
+            "lines, at most 3 per review and 3 per file), and only on lines whose probability is at least "
             "1.5× the change's base rate (the mean of its other scored lines, with 4 more at 10%; the "
             "change's mean is 11%).")
     assert rule in fake_github.reviews[0]["body"]
@@ -201,8 +201,8 @@ def test_default_budget_speaks_when_a_line_stands_out_of_a_quiet_change(fake_git
 def test_default_budget_grows_with_the_change_and_stays_silent_when_nothing_stands_out(
         fake_github, app, scorer, renderer):
     risky = "".join(f"r{i} = {i}  # RISK-A\n" for i in range(3))
-    small = risky + "".join(f"q{i} = {i}\n" for i in range(5))   # 8 lines: 2 comments
-    large = risky + "".join(f"q{i} = {i}\n" for i in range(9))   # 12 lines: 3 comments
+    small = risky + "".join(f"q{i} = {i}\n" for i in range(2))   # 5 lines: 2 comments
+    large = risky + "".join(f"q{i} = {i}\n" for i in range(9))   # 12 lines: 3 comments (top_k)
     put_pull_request(fake_github, 7, HEAD, [("f1" * 20, f"Small\n\n{AI_TRAILER}", {"src/s.py": small})])
     put_pull_request(fake_github, 8, HEAD, [("f2" * 20, f"Large\n\n{AI_TRAILER}", {"src/l.py": large})])
     flat = "".join(f"x{i} = {i}  # RISK-LOW\n" for i in range(6))   # every line alike
