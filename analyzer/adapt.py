@@ -186,7 +186,7 @@ def find_adaptation(home: Path | str, fingerprint: str) -> AdaptResult | None:
     return None
 
 
-def _metrics(preds: Sequence[SnippetPrediction], base_rate: float | None, cfg: AdaptConfig) -> dict[str, Any]:
+def _metrics(preds: Sequence[SnippetPrediction], cfg: AdaptConfig) -> dict[str, Any]:
     out = evaluate(preds, base_rate=None, n_boot=cfg.n_boot, seed=cfg.seed)
     out["topk_curve"] = [_finite(topk_hit_rate(preds, k)) for k in range(1, cfg.max_k + 1)]
     return out
@@ -243,10 +243,9 @@ def adapt_home(sup: Supervisor, home: Path | str, split: ForwardSplit, *, reposi
              len(fit), len(seed_records), len(split.test), ", ".join(languages))
     cand = versions.new_version_dir(home)
     try:
-        manifest = train.bind(sup, cand, fit, ranker_cfg=cfg.ranker or None, dev_fraction=cfg.dev_fraction,
-                              seed=cfg.seed, calibration=cfg.calibration, calibrate_on=cfg.calibrate_on,
-                              progress=progress, cache=cache)
-        base_rate = (manifest.get("ranker_training") or {}).get("base_rate")
+        train.bind(sup, cand, fit, ranker_cfg=cfg.ranker or None, dev_fraction=cfg.dev_fraction,
+                   seed=cfg.seed, calibration=cfg.calibration, calibrate_on=cfg.calibrate_on,
+                   progress=progress, cache=cache)
         kw = dict(cache=cache, progress=progress)
         fit_preds = version_predictions(sup, cand, fit, desc="fit", **kw) or []
         by_lang: dict[str, dict[str, list[SnippetPrediction]]] = {}
@@ -264,7 +263,7 @@ def adapt_home(sup: Supervisor, home: Path | str, split: ForwardSplit, *, reposi
         slices = {OVERALL: {m: [p for lang in by_lang.values() for p in lang[m]] for m in METHODS}}
         if len(by_lang) > 1:
             slices.update({f"{OVERALL}: {lang}": preds for lang, preds in by_lang.items()})
-        results = {name: {m: _metrics(preds[m], base_rate, cfg) for m in METHODS} for name, preds in slices.items()}
+        results = {name: {m: _metrics(preds[m], cfg) for m in METHODS} for name, preds in slices.items()}
     except BaseException:
         shutil.rmtree(cand, ignore_errors=True)  # a failed training leaves no half version behind
         raise

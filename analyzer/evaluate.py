@@ -347,10 +347,11 @@ def _reliability(preds: Sequence[SnippetPrediction], n_bins: int) -> dict[str, A
     return {"bins": n_bins, "count": count.tolist(), "mean_p": clean(mean_p), "frac_pos": clean(frac)}
 
 
-def _metrics(runs: Sequence[MethodRun], ds: str, base_rate: float | None, cfg: EvalConfig) -> dict[str, Any]:
+def _metrics(runs: Sequence[MethodRun], ds: str, cfg: EvalConfig) -> dict[str, Any]:
     per_seed = []
     for run in runs:
         preds = run.predictions[ds]
+        # BSS against the test set's own base rate: the training one flatters sparse sets.
         res = evaluate(preds, base_rate=None, n_boot=cfg.n_boot, seed=run.seed, n_bins=cfg.reliability_bins)
         clean = run.predictions.get(ds + FIXED) or []
         if clean:
@@ -492,7 +493,7 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
             runs.append(run)
             by_method.setdefault(method, []).append(run)
 
-    results = {ds: {m: _metrics(by_method[m], ds, base_rate, cfg) for m in cfg.methods}
+    results = {ds: {m: _metrics(by_method[m], ds, cfg) for m in cfg.methods}
                for ds in test_r if not ds.endswith(FIXED)}
     return EvalReport(results, runs, base_rate)
 

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from analyzer.embedded import DEFAULT_SUPERVISOR, REGISTRY, WeightsError, gguf_path
+from analyzer.embedded import DEFAULT_SUPERVISOR, REGISTRY, WeightsError, gguf_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +121,6 @@ def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _embedded_gguf(name: str, cache_dir: Path) -> Path:
     try:
         return gguf_path(name, cache_dir)
@@ -142,8 +134,11 @@ class _Source(NamedTuple):
     gguf: Path | None
 
 
-def _gguf_cache(gguf: Path, display: str, cache_dir: Path, progress: bool) -> tuple[Path, str]:
-    """Dequantize a GGUF file once into a safetensors cache; returns (cache dir, file sha256)."""
+def _gguf_cache(gguf: Path, display: str, cache_dir: Path, progress: bool,
+                digest: str | None = None) -> tuple[Path, str]:
+    """Dequantize a GGUF file once into a safetensors cache; returns (cache dir, file sha256).
+
+    ``digest``: the file's sha256 when the caller has verified it already (embedded supervisors)."""
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -176,7 +171,7 @@ def _gguf_cache(gguf: Path, display: str, cache_dir: Path, progress: bool) -> tu
         # safetensors refuses two names for one storage; the tie is restored at load time.
         state.pop("lm_head.weight", None)
     save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp / "model.safetensors"))
-    digest = _sha256(gguf)
+    digest = digest or sha256_file(gguf)
     (tmp / "ptbot-supervisor.json").write_text(json.dumps(
         {"format": _CACHE_FORMAT, "source": display, "gguf": str(gguf), "sha256": digest}, indent=2))
     if target.exists():  # a concurrent process won the race; keep its copy
@@ -218,7 +213,7 @@ def _weights_digest(model_dir: Path) -> str:
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode())
-        h.update(_sha256(p).encode())
+        h.update(sha256_file(p).encode())
     return h.hexdigest()
 
 
@@ -269,7 +264,7 @@ class Supervisor:
         ref = cfg.model
         if ref in REGISTRY:
             gguf = _embedded_gguf(ref, cfg.cache_dir)
-            d, digest = _gguf_cache(gguf, REGISTRY[ref].upstream, cfg.cache_dir, progress)
+            d, digest = _gguf_cache(gguf, REGISTRY[ref].upstream, cfg.cache_dir, progress, REGISTRY[ref].sha256)
             return _Source(d, f"{REGISTRY[ref].upstream}@{digest}", gguf)
         path = Path(ref).expanduser()
         if path.suffix == ".gguf":

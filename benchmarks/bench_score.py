@@ -95,10 +95,6 @@ def ratio(num: list[float], den: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(num, den, strict=True))
 
 
-# The layer each embedded supervisor is read at by the models built for it (a model fixes its own).
-READ_LAYERS = {"qwen2.5-coder-0.5b": 6, "qwen2.5-coder-1.5b": 7, "smollm2": 8, "gemma3-270m": 5}
-
-
 def run(model_dir: Path, data_dir: Path, n_files: int, repeats: int, device: str,
         cache_dir: Path | None = None) -> dict:
     manifest = read_manifest(model_dir)
@@ -168,8 +164,8 @@ def _readers(requests: list[ScoreRequest], device: str, cache_dir: Path) -> dict
         if not emb.installed():
             log.warning("%s is not installed (%s): left out of the comparison", name, emb.install)
             continue
-        sup = Supervisor.load(SupervisorConfig(model=name, layer=READ_LAYERS.get(name), device=device,
-                                               cache_dir=cache_dir))
+        # No layer given: ceil(L/4), the layer the models built for each supervisor read.
+        sup = Supervisor.load(SupervisorConfig(model=name, device=device, cache_dir=cache_dir))
         n = sum(len(sn.lines) for sn in extract(sup, texts, langs, features))
         out[name] = ((lambda sup=sup: extract(sup, texts, langs, features)), n, sup.layer)
     return out

@@ -25,7 +25,6 @@ import json
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,13 +293,3 @@ def build(card: Card, out_dir: Path, *, reserved_dir: Path, repos_dir: Path | No
     summary = {"card": card.to_dict(), "counts": counts(splits), **report}
     (out_dir / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
-
-
-def records_from_test_repos(records: Iterable[Any]) -> list[str]:
-    """Ids of records marked as coming from a test repository (``meta.split == "test"``)."""
-    out = []
-    for rec in records:
-        meta = rec.get("meta") if isinstance(rec, dict) else getattr(rec, "meta", None)
-        if (meta or {}).get("split") == "test":
-            out.append(rec["id"] if isinstance(rec, dict) else rec.id)
-    return out
