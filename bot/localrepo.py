@@ -17,6 +17,10 @@ None / Y           Y against its first parent: the commit Y on its own
 =================  ==========================================================================
 
 In a repository without commits the base is the empty tree, so every file is added.
+
+Revisions, commits and blobs are read through GitPython's object model; diffs come from the
+``git diff`` command itself, with every option that shapes its text pinned, because the review
+parses that exact text (``analyzer.diff``) and GitPython's diff objects do not keep it.
 """
 
 from __future__ import annotations
@@ -27,11 +31,15 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from analyzer.diff import DiffError, decode_diff
 from analyzer.types import FileDiff
 from bot.attestations import MAX_TRACE_BYTES, NOTES_REF, TRACE_PATH, commit_line_marks
 from bot.provenance import CommitInfo, LineProvenance, Person, attribute_lines
+
+if TYPE_CHECKING:
+    import git as gitpython
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +49,10 @@ _GIT = ("git", "--no-pager", "-c", "core.quotePath=true", "-c", "diff.noprefix=f
         "-c", "diff.mnemonicPrefix=false", "-c", "color.ui=never")
 _DIFF = ("diff", "-M", "--no-color", "--no-ext-diff", "--no-textconv", "-U3",
          "--src-prefix=a/", "--dst-prefix=b/")
+
+
+_NO_GIT = ("git is not installed (or not on PATH); install git to review a local repository, "
+           "or pass the change with --diff FILE")
 
 
 class RepoError(ValueError):
@@ -75,11 +87,20 @@ class LocalRepo:
         where = Path(path)
         if not where.is_dir():
             raise RepoError(f"not a git repository: {path} (no such directory)")
-        p = self._run(["rev-parse", "--show-toplevel"], cwd=where)
-        if p.returncode != 0:
+        try:
+            # Imported here: GitPython refuses to import at all when no git executable is found,
+            # and that case deserves the message below, not a traceback at start-up.
+            import git as gitpython
+        except ImportError:
+            raise RepoError(_NO_GIT) from None
+        try:
+            self.repo = gitpython.Repo(where, search_parent_directories=True)
+        except (gitpython.InvalidGitRepositoryError, gitpython.NoSuchPathError):
+            self.repo = None
+        if self.repo is None or self.repo.working_tree_dir is None:
             raise RepoError(f"not a git repository: {path} (run 'git init' there, or pass --repo "
                             "with the path of a git work tree)")
-        self.root = Path(os.fsdecode(p.stdout.rstrip(b"\n")))
+        self.root = Path(self.repo.working_tree_dir)
 
     def __repr__(self) -> str:
         return f"LocalRepo({str(self.root)!r})"
@@ -88,15 +109,25 @@ class LocalRepo:
 
     def resolve(self, rev: str) -> str:
         """Full commit id of ``rev`` (branch, tag, sha, ``HEAD~2``...); RepoError if unknown."""
-        p = self._run(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"])
-        if p.returncode != 0 or not rev:
+        commit = self._commit(rev) if rev else None
+        if commit is None:
             hint = " (the repository has no commits yet)" if not self._has_commits() else ""
             raise RepoError(f"unknown revision '{rev}': not a commit, branch or tag in "
                             f"{self.root}{hint}")
-        return p.stdout.decode().strip()
+        return commit.hexsha
+
+    def _commit(self, rev: str) -> gitpython.Commit | None:
+        """The commit ``rev`` names (tags peeled), or None. GitPython parses the revision itself,
+        so a revision spelled like an option (``--output=x``) never reaches a command line."""
+        from gitdb.exc import BadName, BadObject
+
+        try:
+            return self.repo.commit(rev)
+        except (BadName, BadObject, ValueError, IndexError):
+            return None
 
     def _has_commits(self) -> bool:
-        return self._run(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"]).returncode == 0
+        return self.repo.head.is_valid()
 
     def _empty_tree(self) -> str:
         # Hashed rather than hard-coded so that SHA-256 repositories work too.
@@ -110,9 +141,8 @@ class LocalRepo:
         if base is not None:
             base_id = self.resolve(base)
         elif head_sha is not None:
-            parent = self._run(["rev-parse", "--verify", "--quiet", f"{head_sha}^1^{{commit}}"])
-            base_id = (parent.stdout.decode().strip() if parent.returncode == 0
-                       else self._empty_tree())
+            parents = self.repo.commit(head_sha).parents
+            base_id = parents[0].hexsha if parents else self._empty_tree()
         else:
             base_id = self.resolve("HEAD") if self._has_commits() else self._empty_tree()
 
@@ -167,9 +197,13 @@ class LocalRepo:
                 return full.read_bytes() if full.is_file() else None
             except OSError as e:
                 raise RepoError(f"cannot read {path}: {e.strerror}") from e
-        sha = self.resolve(rev)
-        p = self._run(["cat-file", "blob", f"{sha}:{rel}"])
-        return p.stdout if p.returncode == 0 else None
+        tree = self.repo.commit(self.resolve(rev)).tree
+        try:
+            blob = tree / rel
+        except KeyError:
+            return None
+        # A symlink's blob holds its target; a directory or submodule has no text to read.
+        return blob.data_stream.read() if blob.type == "blob" else None
 
     def _relative(self, path: str) -> str:
         pure = PurePosixPath(path)
@@ -204,20 +238,16 @@ class LocalRepo:
         if not self._has_commits():
             return []
         head_sha = self.resolve(head or "HEAD")
-        base_is_commit = self._run(["rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"]).returncode == 0
-        spec = [f"{base}..{head_sha}"] if base_is_commit else [head_sha]
-        shas = self._check(["rev-list", "--reverse", "--topo-order", *spec, "--"]).decode().split()
+        spec = f"{base}..{head_sha}" if self._commit(base) is not None else head_sha
         out = []
-        for sha in shas:
-            fields = self._check(["show", "-s", "--format=%an%x00%ae%x00%cn%x00%ce%x00%P%x00%B",
-                                  sha]).decode("utf-8", errors="replace").split("\0", 5)
-            an, ae, cn, ce, parents, message = fields
-            parent = parents.split()[0] if parents.split() else self._empty_tree()
+        for c in self.repo.iter_commits(spec, reverse=True, topo_order=True):
+            parent = c.parents[0].hexsha if c.parents else self._empty_tree()
             try:
-                files = decode_diff(self._check([*_DIFF, parent, sha, "--"])).files
+                files = decode_diff(self._check([*_DIFF, parent, c.hexsha, "--"])).files
             except DiffError as e:
-                raise RepoError(f"could not parse the diff of commit {sha[:12]}: {e}") from e
-            out.append(CommitInfo(sha, message, Person(an, ae), Person(cn, ce), tuple(files)))
+                raise RepoError(f"could not parse the diff of commit {c.hexsha[:12]}: {e}") from e
+            out.append(CommitInfo(c.hexsha, _text(c.message), Person(c.author.name or "", c.author.email or ""),
+                                  Person(c.committer.name or "", c.committer.email or ""), tuple(files)))
         return out
 
     def ai_notes(self, shas: list[str]) -> dict[str, str]:
@@ -255,8 +285,7 @@ class LocalRepo:
         except FileNotFoundError:
             if shutil.which("git") is not None:
                 raise RepoError(f"directory not found: {cwd}") from None
-            raise RepoError("git is not installed (or not on PATH); install git to review a "
-                            "local repository, or pass the change with --diff FILE") from None
+            raise RepoError(_NO_GIT) from None
         except subprocess.TimeoutExpired:
             raise RepoError(f"'git {_show(args)}' took longer than {self.timeout:.0f}s "
                             f"in {cwd}") from None
@@ -266,6 +295,11 @@ class LocalRepo:
         if p.returncode != 0:
             raise RepoError(f"'git {_show(args)}' failed in {self.root}: {_stderr(p)}")
         return p.stdout
+
+
+def _text(message: str | bytes) -> str:
+    """A commit message as text (GitPython gives bytes when the commit's encoding is unknown)."""
+    return message.decode("utf-8", errors="replace") if isinstance(message, bytes) else message
 
 
 def _show(args: list[str | bytes]) -> str:

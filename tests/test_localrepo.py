@@ -318,3 +318,25 @@ def test_random_edits_keep_line_numbers_right(root: Path) -> None:
         checked += sum(len(h.lines) for f in d.files for h in f.hunks)
         commit(root, f"step {step}")
     assert checked > 200  # the edits really produced hunks to check
+
+
+def test_without_git_on_path_the_error_names_the_fix(root: Path) -> None:
+    """GitPython refuses to import when no git executable is found; a user gets our message."""
+    import subprocess
+    import sys
+
+    code = ("from bot.localrepo import LocalRepo, RepoError\n"
+            f"try:\n    LocalRepo({str(root)!r})\nexcept RepoError as e:\n    print(e)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_PYTHON")}
+    env.update(PATH=str(root / "no-bin"), PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert "git is not installed" in out.stdout, out.stderr[-2000:]
+
+
+def test_revisions_spelled_like_options_are_unknown_revisions(root: Path) -> None:
+    write(root, "a.py", CODE)
+    commit(root, "one")
+    repo = LocalRepo(root)
+    for rev in ("--output=/tmp/x", "-p", "HEAD~5"):
+        with pytest.raises(RepoError, match="unknown revision"):
+            repo.resolve(rev)
