@@ -1,4 +1,4 @@
-"""analyzer.train: pretrain (stage 1) and bind (stage 2) end to end on the tiny supervisor."""
+"""lab.train: pretrain (stage 1) and bind (stage 2) end to end on the tiny supervisor."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from analyzer.artifact import ArtifactError, read_manifest
 from analyzer.features import FeatureConfig, StateCache, extract
 from analyzer.supervisor import Supervisor, SupervisorConfig
-from analyzer.train import bind, pretrain, pretraining_texts
 from conftest import TINY_RANKER, TINY_SAE, tiny_records
+from lab.train import bind, pretrain, pretraining_texts
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_pretrain_resumes_from_its_checkpoint_bit_identically(sup, tmp_path, cap
     part = tmp_path / "part"
     pretrain(sup, recs, part, sae_cfg={**TINY_SAE, "epochs": 1}, **kw)
     assert (part / "checkpoints" / "sae_checkpoint.pt").exists()
-    with caplog.at_level(logging.INFO, logger="analyzer.sae"):
+    with caplog.at_level(logging.INFO, logger="lab.sae_training"):
         m = pretrain(sup, recs, part, sae_cfg={**TINY_SAE, "epochs": 3}, **kw)
     assert any("resumed SAE training" in r.getMessage() and "epoch 1" in r.getMessage()
                for r in caplog.records)
@@ -176,7 +176,7 @@ def test_bind_keep_ranker_refits_only_the_calibration(sup, tiny_artifact_dir, tm
 
 
 def test_pretrain_holdout_keeps_dev_problems_out_of_stage_1(sup, tmp_path):
-    from analyzer.records import split_by_problem
+    from lab.records import split_by_problem
 
     recs = tiny_records(24)
     _, dev = split_by_problem(recs, 0.3, 0)
