@@ -9,13 +9,14 @@ probability) is ``lab.ranker_training``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from analyzer.artifact import config_fields
 from analyzer.weights import load_state, save_state
 
 
@@ -57,8 +58,7 @@ class RankerConfig:
     transfers best across languages, and a ranker trained on Python states alone leans on cues
     that do not carry over. 6 was chosen on mined non-Python fixes and the Python dev split, never
     on evaluation data; training ignores the prior (trained with it, the MLP learned to cancel it
-    on Python and transferred worse: 0.211 vs 0.223 validation Top-1). 0 = none; models
-    written before this field existed read as 0 (``from_dict``)."""
+    on Python and transferred worse: 0.211 vs 0.223 validation Top-1). 0 = none."""
     prior_skips_declarations: bool = False
     """Give declaration lines (imports, function and type headers: the 1.0 entries of the last
     feature column, ``FeatureConfig.declarations``) no length prior: such a line is long for
@@ -87,10 +87,8 @@ class RankerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RankerConfig:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown RankerConfig fields {sorted(unknown)}; was the artifact built by a newer ptbot?")
-        return cls(**{"length_prior": 0.0, "prior_skips_declarations": False, **d})
+        """Read a manifest's ``ranker``, as ``to_dict`` wrote it."""
+        return cls(**config_fields(cls, d, "RankerConfig"))
 
 
 class RankerMLP(nn.Module):

@@ -442,8 +442,8 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
         _attach_full(sup_full, train_r + [r for rs in test_r.values() for r in rs], features, full_cache, cfg)
         del sup_full
 
-    # A bound model's own ranker settings, read as an artifact (fields it predates keep the meaning
-    # they had then); an unbound model gets today's defaults.
+    # A bound model's own ranker settings, read as an artifact (a manifest that lacks one is
+    # refused); an unbound model gets today's defaults.
     bound = RankerConfig.from_dict(manifest["ranker"]).to_dict() if manifest.get("ranker") else {}
     ranker_cfg = {k: v for k, v in bound.items() if k not in ("d_in", "seed")}
     if cfg.ranker_epochs is not None:

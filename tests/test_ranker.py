@@ -7,6 +7,7 @@ import torch
 
 from dataclasses import replace
 
+from analyzer.artifact import ArtifactError
 from analyzer.ranker import RankerConfig, RankerMLP, length_prior_term, load_ranker, save_ranker
 from lab.ranker_training import Slate, by_source, evaluate_ranker, held_out_logits, neural_ndcg, train_ranker
 
@@ -225,10 +226,14 @@ def test_length_prior_is_added_when_scoring_and_ignored_in_training():
         prior(s.features)
 
 
-def test_models_written_before_the_length_prior_read_as_without_it():
+def test_a_manifest_must_name_every_ranker_field():
+    """A field's default may change between releases: a manifest without it is refused, not read
+    with today's default (which would change what the model computes)."""
     legacy = {k: v for k, v in RankerConfig(d_in=8).to_dict().items() if k != "length_prior"}
-    assert RankerConfig.from_dict(legacy).length_prior == 0.0
-    assert RankerConfig(d_in=8).length_prior == 6.0
+    with pytest.raises(ArtifactError, match=r"lacks \['length_prior'\]"):
+        RankerConfig.from_dict(legacy)
+    with pytest.raises(ArtifactError, match="unknown RankerConfig fields"):
+        RankerConfig.from_dict({**RankerConfig(d_in=8).to_dict(), "prior_in_training": True})
     with pytest.raises(ValueError, match="length_prior must be >= 0"):
         RankerConfig(d_in=8, length_prior=-1.0)
 
