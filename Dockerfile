@@ -18,6 +18,7 @@ WORKDIR /opt/ptbot
 RUN pip install --no-cache-dir --index-url ${TORCH_INDEX} "${TORCH_SPEC}"
 COPY pyproject.toml README.md ./
 COPY analyzer analyzer
+COPY lab lab
 COPY miners miners
 COPY bot bot
 COPY workers workers

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,20 @@ def write_manifest(model_dir: Path, manifest: dict[str, Any]) -> None:
     tmp = model_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     tmp.replace(model_dir / MANIFEST)
+
+
+def config_fields(config: type, section: dict[str, Any], name: str) -> dict[str, Any]:
+    """A manifest ``section`` checked against the dataclass ``config`` it was written from: every
+    field, and no other. A missing field is refused rather than read as today's default, because
+    defaults change between releases and a model must keep the meaning it was trained with."""
+    known = {f.name for f in fields(config)}
+    unknown, missing = set(section) - known, known - set(section)
+    if unknown:
+        raise ArtifactError(f"unknown {name} fields {sorted(unknown)}; was the model built by a newer ptbot?")
+    if missing:
+        raise ArtifactError(f"the model's {name} lacks {sorted(missing)}: it was built by an older ptbot; "
+                            "build it again with `ptbot pretrain` and `ptbot bind`")
+    return dict(section)
 
 
 @dataclass(frozen=True)

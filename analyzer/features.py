@@ -6,9 +6,11 @@ Two stages:
 - ``ranker_inputs``: SAE latents of one snippet's lines -> the ranker's features: the
   latents centred on the snippet's mean (what is unusual about this
   line *within its file*, which transfers across languages far better than absolute states: an
-  early probe measured 2-4x on Python -> JavaScript) and three shape features (log token count,
-  relative position, log length), because the longest line is a strong baseline that the ranker
-  should be able to use, not re-learn from latents.
+  early probe measured 2-4x on Python -> JavaScript; the uncentred latents also encode the
+  language and style of the snippet, and a ranker trained on Python with them as well ranked
+  Java/Go signature lines first, mean Top-1 0.087 vs 0.185 on six non-Python sets) and three
+  shape features (log token count, relative position, log length), because the longest line is
+  a strong baseline that the ranker should be able to use, not re-learn from latents.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from analyzer.artifact import ArtifactError, config_fields
 from analyzer.declarations import declares
 from analyzer.lines import LineSpan, as_read, map_lines
 from analyzer.supervisor import Encoded, Supervisor
@@ -33,12 +36,6 @@ class FeatureConfig:
     prefix: str = "```{language}\n"
     """Text put before the code (``{language}`` is filled in); keeps the code off position 0,
     whose state is an attention sink with activations ~100x larger than any other token."""
-    absolute: bool = False
-    """Include the latents themselves. Off by default: they also encode the language and style
-    of the snippet, and a ranker trained on Python with them ranked Java/Go signature lines
-    first (mean Top-1 0.087 vs 0.185 without them on six non-Python sets)."""
-    centre: bool = True
-    """Include the latents centred on the snippet mean (what is unusual *within this file*)."""
     shape: bool = True
     """Append log token count and log character length."""
     position: bool = True
@@ -47,8 +44,7 @@ class FeatureConfig:
     """Centre the shape columns on the snippet mean too, so every input says how a line differs
     from the rest of its file: lines of Java or C++ are longer than Python's across the board, and
     a ranker trained on Python extrapolates absolute lengths badly. Chosen on the Python dev split
-    and on mined non-Python fixes, never on evaluation data (validation Top-1 0.159 -> 0.175).
-    Artifacts written before this field existed read as False (``from_dict``)."""
+    and on mined non-Python fixes, never on evaluation data (validation Top-1 0.159 -> 0.175)."""
     declarations: bool = False
     """Append 1.0 for a line that declares (an import/include/use line or a function/type header,
     ``analyzer.declarations``), else 0.0: a language-agnostic column through which what Python
@@ -61,8 +57,6 @@ class FeatureConfig:
     Top-1 0.213 vs 0.197 with the same length prior, docs/model-card.md)."""
 
     def __post_init__(self) -> None:
-        if not (self.absolute or self.centre):
-            raise ValueError("FeatureConfig needs absolute or centred latents (or both)")
         if self.inputs not in ("sae", "states"):
             raise ValueError(f"FeatureConfig.inputs must be 'sae' or 'states', got {self.inputs!r}")
 
@@ -71,15 +65,22 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureConfig:
-        """Read a manifest's ``features``; fields added later keep the behaviour of older artifacts."""
-        return cls(**{"relative_shape": False, **d})
+        """Read a manifest's ``features``, as ``to_dict`` wrote it.
+
+        Models written while the latents could also be read uncentred record ``absolute: false``
+        and ``centre: true``: the one recipe that remains, so those two entries are dropped.
+        """
+        d = dict(d)
+        if d.pop("absolute", False) or not d.pop("centre", True):
+            raise ArtifactError("this model reads uncentred latents, which this ptbot no longer supports: "
+                                "build it again with `ptbot pretrain` and `ptbot bind`")
+        return cls(**config_fields(cls, d, "FeatureConfig"))
 
     def prefix_for(self, language: str | None) -> str:
         return self.prefix.replace("{language}", language or "")
 
     def n_inputs(self, n_latents: int) -> int:
-        return (n_latents * (int(self.absolute) + int(self.centre)) + 2 * int(self.shape) + int(self.position)
-                + int(self.declarations))
+        return n_latents + 2 * int(self.shape) + int(self.position) + int(self.declarations)
 
 
 @dataclass(frozen=True)
@@ -171,11 +172,7 @@ def line_vectors(sae, states: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
 
 def ranker_inputs(latents: torch.Tensor, lines: Sequence[LineSpan], cfg: FeatureConfig) -> torch.Tensor:
     """(n_lines, n_latents) SAE latents of one snippet -> (n_lines, cfg.n_inputs(n_latents))."""
-    parts = []
-    if cfg.absolute:
-        parts.append(latents)
-    if cfg.centre:
-        parts.append(latents - latents.mean(dim=0, keepdim=True))
+    parts = [latents - latents.mean(dim=0, keepdim=True)]
     n = len(lines)
     # Column order [log tokens, position, log chars] is what shipped models were trained on.
     extra = []

@@ -21,7 +21,7 @@ from analyzer.features import FeatureConfig, StateCache, extract, ranker_inputs
 from analyzer.languages import language_for_path
 from analyzer.ranker import load_ranker
 from analyzer.sae import load_sae
-from analyzer.supervisor import Supervisor, SupervisorConfig
+from analyzer.supervisor import Supervisor, SupervisorConfig, supervisor_ref
 from analyzer.types import Feature, LineScore, ModelInfo, ScoreRequest
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,6 @@ class RiskScorer:
         ref = manifest["supervisor"]
         cfg = replace(supervisor or SupervisorConfig(), model=ref["model"], layer=int(ref["layer"]))
         sup = Supervisor.load(cfg, progress=progress)
-        from analyzer.train import supervisor_ref
-
         artifact.check_supervisor(manifest, supervisor_ref(sup), model_dir)
         try:
             sae = load_sae(model_dir, manifest["sae"]).to(torch.float32)

@@ -34,6 +34,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from analyzer.artifact import SupervisorRef
 from analyzer.embedded import DEFAULT_SUPERVISOR, REGISTRY, WeightsError, gguf_path, sha256_file
 
 log = logging.getLogger(__name__)
@@ -354,6 +355,14 @@ class Supervisor:
     def with_layer(self, layer: int) -> SupervisorConfig:
         """A config for the same supervisor probed at another layer (for layer sweeps)."""
         return replace(self.cfg, layer=layer)
+
+
+def supervisor_ref(sup: Supervisor) -> SupervisorRef:
+    """What a model's manifest records about the supervisor it is built on; loading a model
+    compares it with the supervisor at hand (``artifact.check_supervisor``)."""
+    return SupervisorRef(model=sup.cfg.model, source=sup.info.source, sha256=sup.info.sha256, layer=sup.layer,
+                         num_layers=sup.info.num_layers, hidden_size=sup.info.hidden_size,
+                         tokenizer=type(sup.tokenizer).__name__)
 
 
 def _cached_digest(model_dir: Path) -> str:

@@ -54,7 +54,7 @@ class VersionInfo:
     status: str
     """``serving``, ``promoted`` (served before), ``refused`` (failed the gate), or ``candidate``."""
     gate: dict[str, Any] | None
-    """The gate decision recorded by ``analyzer.rebind`` (metrics of both sides), if any."""
+    """The gate decision recorded by ``lab.rebind`` (metrics of both sides), if any."""
     created: str
     """When the version was made (UTC, ISO 8601)."""
 

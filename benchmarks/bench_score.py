@@ -50,10 +50,10 @@ import torch  # noqa: E402
 from analyzer.artifact import default_model_dir, read_manifest  # noqa: E402
 from analyzer.embedded import REGISTRY  # noqa: E402
 from analyzer.features import FeatureConfig, extract, supervisor_input  # noqa: E402
-from analyzer.records import load_records  # noqa: E402
 from analyzer.score import RiskScorer  # noqa: E402
 from analyzer.supervisor import Supervisor, SupervisorConfig  # noqa: E402
 from analyzer.types import ScoreRequest  # noqa: E402
+from lab.records import load_records  # noqa: E402
 
 log = logging.getLogger("bench_score")
 LANGUAGES = ("python", "javascript", "java", "go", "cpp", "rust")
@@ -98,8 +98,12 @@ def ratio(num: list[float], den: list[float]) -> float:
 def run(model_dir: Path, data_dir: Path, n_files: int, repeats: int, device: str,
         cache_dir: Path | None = None) -> dict:
     manifest = read_manifest(model_dir)
-    # Imports that a first load would otherwise pay inside the clock.
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+    # Imports that a first load would otherwise pay inside the clock (transformers loads each
+    # class on first access).
+    import transformers
+
+    for name in ("AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoTokenizer"):
+        getattr(transformers, name)
 
     with tempfile.TemporaryDirectory(prefix="ptbot-bench-cache-") as tmp:
         cfg = SupervisorConfig(device=device, cache_dir=Path(tmp))
@@ -123,7 +127,7 @@ def run(model_dir: Path, data_dir: Path, n_files: int, repeats: int, device: str
         steps = {"truncated": lambda: sup.states(ids), "full": lambda: full.states(ids),
                  "pipeline": lambda: scorer.score_many(requests), **{k: v[0] for k, v in readers.items()}}
         times = interleaved(steps, repeats)
-        del full
+        full = None  # frees the full model (the steps still hold it) before the cache goes
     t_trunc, t_full, t_pipe = (statistics.median(times[k]) for k in ("truncated", "full", "pipeline"))
     reference = times.get(manifest["supervisor"]["model"])
     supervisors = {

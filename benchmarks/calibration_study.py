@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analyzer.evaluate import _ranker_logits, _sae_inputs, _split, open_model, read_records
 from analyzer.features import StateCache
-from analyzer.metrics import brier_skill_score, ece
-from analyzer.ranker import RankerConfig, Slate, train_ranker
-from analyzer.records import load_records
+from analyzer.ranker import RankerConfig
 from analyzer.supervisor import SupervisorConfig
+from lab.evaluate import _ranker_logits, _sae_inputs, _split, open_model, read_records
+from lab.metrics import brier_skill_score, ece
+from lab.ranker_training import Slate, train_ranker
+from lab.records import load_records
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 200) -> np.ndarray:

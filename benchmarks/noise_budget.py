@@ -31,12 +31,12 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 from analyzer.artifact import default_model_dir  # noqa: E402
 from analyzer.features import StateCache  # noqa: E402
-from analyzer.records import load_records  # noqa: E402
 from analyzer.score import RiskScorer  # noqa: E402
 from analyzer.supervisor import SupervisorConfig  # noqa: E402
 from analyzer.types import ScoreRequest  # noqa: E402
 from bot.budget import PREVIOUS_DEFAULTS, evaluate  # noqa: E402
 from bot.config import RepoConfig  # noqa: E402
+from lab.records import load_records  # noqa: E402
 
 GRID = {"min_lift": (1.0, 1.25, 1.5, 2.0), "lines_per_comment": (3, 4, 6, 8), "top_k": (3, 5)}
 

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from analyzer.evaluate import EvalConfig, Reading, _ranker_method, open_model
 from analyzer.features import SnippetLines, ranker_inputs, supervisor_input
-from analyzer.records import load_records
 from analyzer.supervisor import SupervisorConfig
+from lab.evaluate import EvalConfig, Reading, _ranker_method, open_model
+from lab.records import load_records
 
 sys.path.insert(0, str(Path(__file__).parent))
 from select_variants import _metrics, _with_length_offset  # noqa: E402

@@ -28,7 +28,7 @@ made fit/dev in the first place (it would put every fit record on the training s
         --tests ../shared/data/humanevalpack-go.jsonl ... --model analyzer/default_model --seeds 3
 
 Length prior (``RankerConfig.length_prior``): ``sae^p6`` is variant ``sae`` scored with the prior
-at weight 6 (what ``ptbot bind`` ships), ``sae^t6`` the same prior also inside the training loss;
+at weight 6 (what ``ptbot bind`` ships; training never sees the prior);
 ``--blend 2,6`` reports every variant with the prior added after training at each weight
 (``+off6`` equals ``^p6``, from the same trained ranker; ``+offd6`` / ``+offi6`` / ``+offc6``
 leave declaration / import / comment lines out of the prior, ``+off6+clast`` ranks comment lines
@@ -61,17 +61,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analyzer.baselines import length_scores
-from analyzer.evaluate import (EvalConfig, _ranker_logits, _ranker_method, _sae_inputs, _split, open_model,
-                               read_records)
 from analyzer.declarations import declares, imports
 from analyzer.features import StateCache, declaration_column, ranker_inputs
 from analyzer.languages import is_comment_line
-from analyzer.metrics import SnippetPrediction, line_auroc, topk_hit_rate
-from analyzer.ranker import RankerConfig, Slate, length_prior_term, train_ranker
-from analyzer.records import in_dev, load_records, problem_key
+from analyzer.ranker import RankerConfig, length_prior_term
 from analyzer.supervisor import Supervisor, SupervisorConfig
-from analyzer.train import pretraining_plan
+from lab.baselines import length_scores
+from lab.evaluate import (EvalConfig, _ranker_logits, _ranker_method, _sae_inputs, _split, open_model,
+                          read_records)
+from lab.metrics import SnippetPrediction, line_auroc, topk_hit_rate
+from lab.ranker_training import Slate, train_ranker
+from lab.records import in_dev, load_records, problem_key
+from lab.train import pretraining_plan
 
 
 def split_files(data: list[str], out: Path, dev_fraction: float = 0.2, seed: int = 0) -> None:
@@ -338,7 +339,7 @@ def main() -> None:
             return lambda r, t=table_of(name): t[id(r)]
 
     feats = _Feats()
-    # The ranker alone: a variant names its prior (^pW, ^tW, --blend), whatever MODEL was bound with.
+    # The ranker alone: a variant names its prior (^pW, --blend), whatever MODEL was bound with.
     # An SAE-only model (pretrained, not yet bound) gets today's ranker defaults.
     bound = loaded.manifest.get("ranker") or RankerConfig(d_in=1).to_dict()
     ranker_cfg = {**{k: v for k, v in bound.items() if k not in ("d_in", "seed")},
@@ -356,11 +357,13 @@ def main() -> None:
     for variant in variants:
         variant, overrides = _overrides(variant)
         base, ens = variant.split("-")[0], variant.endswith("-ens")
-        v_cfg, in_training = {**ranker_cfg, **overrides}, False
+        v_cfg = {**ranker_cfg, **overrides}
         variant = variant + ("{" + ",".join(f"{k}={v:g}" for k, v in overrides.items()) + "}" if overrides else "")
-        if "^" in base:  # "sae^p6": RankerConfig.length_prior = 6; "sae^t6": the same prior in training too
+        if "^" in base:  # "sae^p6": RankerConfig.length_prior = 6
             base, w = base.split("^")
-            v_cfg, in_training = {**v_cfg, "length_prior": float(w[1:])}, w[0] == "t"
+            if w[0] != "p":
+                raise SystemExit(f"unknown prior {w!r} in {variant!r}: write ^pW")
+            v_cfg = {**v_cfg, "length_prior": float(w[1:])}
         if base.endswith("+mut"):
             base = base[:-4]
             for seed in range(args.seeds):
@@ -375,7 +378,7 @@ def main() -> None:
             members = range(args.members) if ens else range(1)
             # Ranking only: the map is fitted on dev, one ranker per seed (cross-source would train four).
             runs = [_ranker_method(variant, seed * 100 + m + 1, v_fit, v_sets, feats[part], v_cfg, cfg,
-                                   prior_in_training=in_training, calibrate_on="dev")
+                                   calibrate_on="dev")
                     for part in base.split("&") for m in members]
             preds = _ensemble(runs)
             res = {ds: _metrics(p) for ds, p in preds.items()}

@@ -44,7 +44,7 @@ from bot.pr_review import (
     select_lines,
 )
 from bot.provenance import LineProvenance
-from bot.render import CheckOutput, Renderer, line_fingerprints, model_label, pct, reason, risk_band
+from bot.render import CheckOutput, Renderer, SummaryTable, line_fingerprints, model_label, pct, reason, risk_band
 from bot.report import sarif_log
 from bot.review import Scorer
 from bot.webhook import job_for_event
@@ -403,8 +403,8 @@ def run_action(settings: ActionSettings, load_scorer: Callable[[], Scorer], *,
         settings.sarif_file.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         sarif_path = settings.sarif_file
     if settings.step_summary is not None and ("summary" in settings.outputs or note):
-        check = renderer.check_summary(report, scored.coverage, model_label(report.model),
-                                       head_sha=str(job["head_sha"]), max_rows=SUMMARY_ROWS)
+        check = renderer.check_summary(SummaryTable(report, scored.coverage, model_label(report.model),
+                                                    head_sha=str(job["head_sha"]), max_rows=SUMMARY_ROWS))
         append_summary(settings.step_summary, f"### {check.title}\n\n{note}{check.summary}\n")
     if settings.output_file is not None:
         write_outputs(settings.output_file, {"sarif-file": str(sarif_path or ""),

@@ -1,7 +1,7 @@
 """Render ``ptbot eval`` results: a text table, PNG plots and a one-page HTML report.
 
 Everything here works from the plain ``--json`` document (``{"results": {dataset: {method:
-metrics}}}``, as ``analyzer.evaluate.EvalReport.to_json`` writes it), so a saved JSON can be
+metrics}}}``, as ``lab.evaluate.EvalReport.to_json`` writes it), so a saved JSON can be
 re-rendered without torch or the model. Plots use matplotlib's Agg backend (no display).
 """
 

@@ -39,7 +39,7 @@ from bot.cleanup import ReviewSummary, ReviewThread, clean_up
 from bot.config import RepoConfig
 from bot.github import PostedReview, ReviewComment
 from bot.provenance import LineProvenance
-from bot.render import Coverage, Renderer, line_fingerprints, marker, model_label
+from bot.render import Coverage, Renderer, SummaryTable, line_fingerprints, marker, model_label
 from bot.review import Plan, ReviewLimits, Scorer, plan_coverage, plan_requests, review_plan
 
 log = logging.getLogger(__name__)
@@ -570,8 +570,8 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
             except Exception:
                 log.exception("%s: could not read suppressed fingerprints from the label store", key)
         review_fp = key.review_fingerprint()
-        coverage = scored.coverage
         rule = budget.rule_sentence(policy, [ln.probability for ln in report.lines]) if report.lines else None
+        table = SummaryTable(report, scored.coverage, version, head_sha=key.head_sha, rule=rule)
         review_id = None
         inline = moved = 0
         posted_lines: list[tuple[str, int]] = []
@@ -585,8 +585,7 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
                     ln, prepared.provenance.get(ln.path, {}).get(ln.line, "unknown"),
                     fps[(ln.path, ln.line)], model_version=version, head_sha=key.head_sha))
                     for ln in chosen]
-                body = (marker(fp=review_fp) + "\n" +
-                        renderer.review_body(report, coverage, version, head_sha=key.head_sha, rule=rule))
+                body = marker(fp=review_fp) + "\n" + renderer.review_body(table)
                 result = api.post_review(body, comments, commit_sha=key.head_sha)
                 review_id, inline, moved = result.review_id, len(result.inline), len(result.moved_to_body)
                 posted_lines = [(c.path, c.line) for c in result.inline]
@@ -594,7 +593,7 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
             else:
                 # Nothing new to say: the check run alone carries the summary (no review spam).
                 status = "check_only" if report.lines else "nothing_to_score"
-        check = renderer.check_summary(report, coverage, version, head_sha=key.head_sha, rule=rule)
+        check = renderer.check_summary(table)
         run_id = prepared.check_run_id
         if run_id is None:
             run_id = api.create_check_run(head_sha=key.head_sha, conclusion="neutral",
@@ -612,7 +611,7 @@ def publish(scored: Scored, api: PullRequestAPI, renderer: Renderer, ledger: Rev
                 log.exception("%s: could not record the scored lines in the label store", key)
         ledger.mark_done(str(key))
         log.info("%s: %s (review %s, %d inline, %d in the body)", key, status, review_id, inline, moved)
-        return Outcome(status, coverage.sentence(), review_id, run_id, inline, moved)
+        return Outcome(status, scored.coverage.sentence(), review_id, run_id, inline, moved)
     finally:
         ledger.release(str(key), owner)
 

@@ -212,6 +212,29 @@ class Coverage:
 
 
 @dataclass(frozen=True, slots=True)
+class SummaryTable:
+    """What the review body and the check run's summary both show: the report's lines as a
+    ranked table, what the review covered, the comment rule and the model."""
+
+    report: Report
+    """The scored lines (in rank order in the table) and the files skipped."""
+    coverage: Coverage
+    """What the review looked at."""
+    model_version: str
+    """The model as ``name@version``, named in the text and in the marker."""
+    head_sha: str | None = None
+    """The commit the summary is about, recorded in the marker."""
+    max_rows: int = 10
+    """Rows of the table at most; fewer when the body would pass GitHub's size limit."""
+    rule: str | None = None
+    """The comment rule in one sentence, when there is one."""
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 0:
+            raise ValueError(f"max_rows must be >= 0, got {self.max_rows}")
+
+
+@dataclass(frozen=True, slots=True)
 class CheckOutput:
     """The ``output`` object of a check run."""
 
@@ -267,44 +290,24 @@ class Renderer:
             marker=marker(fp=fingerprint, model=model_version, sha=head_sha),
         )
 
-    def review_body(
-        self,
-        report: Report,
-        coverage: Coverage,
-        model_version: str,
-        *,
-        head_sha: str | None = None,
-        max_rows: int = 10,
-        rule: str | None = None,
-    ) -> str:
+    def review_body(self, table: SummaryTable) -> str:
         """Review body (also the markdown report): ranked table, coverage, the comment rule in
-        one sentence (``rule``, when there is one), model, feedback hint."""
-        return self._capped("review_summary.md.j2", report, coverage, model_version,
-                            marker(kind="review", model=model_version, sha=head_sha), max_rows, rule)
+        one sentence (when there is one), model, feedback hint."""
+        return self._capped("review_summary.md.j2", "review", table)
 
-    def check_summary(
-        self,
-        report: Report,
-        coverage: Coverage,
-        model_version: str,
-        *,
-        head_sha: str | None = None,
-        max_rows: int = 10,
-        rule: str | None = None,
-    ) -> CheckOutput:
-        """Title and summary of the neutral check run; carries the same table (and ``rule``) as
+    def check_summary(self, table: SummaryTable) -> CheckOutput:
+        """Title and summary of the neutral check run; carries the same table (and rule) as
         the review."""
-        n = len(report.lines)
-        top = max((ln.probability for ln in report.lines), default=None)
-        high = sum(1 for ln in report.lines if risk_band(ln.probability) == "high")
+        lines = table.report.lines
+        n = len(lines)
+        top = max((ln.probability for ln in lines), default=None)
+        high = sum(1 for ln in lines if risk_band(ln.probability) == "high")
         if n == 0:
             title = "ptbot: no lines scored"
         else:
             title = (f"ptbot: {n} line{_s(n)} ranked, {high} high risk, "
                      f"top {pct(top)}")
-        summary = self._capped("check_summary.md.j2", report, coverage, model_version,
-                               marker(kind="check", model=model_version, sha=head_sha), max_rows, rule)
-        return CheckOutput(title=title, summary=summary)
+        return CheckOutput(title=title, summary=self._capped("check_summary.md.j2", "check", table))
 
     def html_report(
         self,
@@ -335,16 +338,16 @@ class Renderer:
             views.append({"path": path, "id": ids[path], "rows": rows, "full": text is not None})
         return self.render("report.html.j2", report=report, ranked=ranked, files=views, ids=ids)
 
-    def _capped(self, name: str, report: Report, coverage: Coverage, model_version: str,
-                mark: str, max_rows: int, rule: str | None = None) -> str:
-        """Render, dropping table rows until the body fits GitHub's size limit."""
-        if max_rows < 0:
-            raise ValueError(f"max_rows must be >= 0, got {max_rows}")
-        ranked = sorted(report.lines, key=lambda ln: ln.rank)
-        rows = min(max_rows, len(ranked))
+    def _capped(self, name: str, kind: str, table: SummaryTable) -> str:
+        """Render ``table`` with template ``name`` and a ``kind`` marker, dropping table rows until
+        the body fits GitHub's size limit."""
+        mark = marker(kind=kind, model=table.model_version, sha=table.head_sha)
+        ranked = sorted(table.report.lines, key=lambda ln: ln.rank)
+        rows = min(table.max_rows, len(ranked))
         while True:
-            body = self.render(name, ranked=ranked[:rows], total=len(ranked), coverage=coverage,
-                               model=report.model, model_version=model_version, marker=mark, rule=rule)
+            body = self.render(name, ranked=ranked[:rows], total=len(ranked), coverage=table.coverage,
+                               model=table.report.model, model_version=table.model_version, marker=mark,
+                               rule=table.rule)
             if len(body) <= MAX_BODY_CHARS or rows == 0:
                 return body
             rows //= 2

@@ -18,6 +18,7 @@ from analyzer.types import LineScore, Report
 from bot.render import (
     Coverage,
     Renderer,
+    SummaryTable,
     line_fingerprints,
     model_label,
     pct,
@@ -69,8 +70,8 @@ def render_report(
     if fmt == "markdown":
         # Without a Coverage the report cannot tell how many changed lines went unscored.
         coverage = coverage or Coverage.from_report(report, scope="changed")
-        return renderer.review_body(report, coverage,
-                                    model_label(report.model), max_rows=len(report.lines))
+        return renderer.review_body(SummaryTable(report, coverage, model_label(report.model),
+                                                 max_rows=len(report.lines)))
     return renderer.html_report(report, files=files, changed=changed)
 
 

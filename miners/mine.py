@@ -2,7 +2,7 @@
 
 One ``git log -p`` stream (``miners.history``) feeds commits to ``CommitMiner``: fix commits
 become (buggy snippet, fixed snippet, labels) records, and with ``mutations > 0`` the code that
-clean commits touch becomes mutated copies (``analyzer.mutate``). ``--workers N`` mines commits in
+clean commits touch becomes mutated copies (``lab.mutate``). ``--workers N`` mines commits in
 N processes while the main process parses the stream and writes results in commit order, so the
 output does not depend on N.
 """
@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from analyzer.languages import LANGUAGES, is_scorable, language_for_path
-from analyzer.mutate import mutate, pair_lines
 from analyzer.types import Hunk, Record
+from lab.mutate import mutate, pair_lines
 
 from miners.dataset import DatasetWriter, Manifest, content_hash
 from miners.fixes import FixConfig, classify_commit, code_hunks, generated_content, has_fix_cue

@@ -293,7 +293,7 @@ def _read_bytes(path: str) -> bytes:
 
 
 def _records(paths, languages=None):
-    from analyzer.records import RecordError, load_records
+    from lab.records import RecordError, load_records
 
     try:
         recs = load_records([Path(p) for p in paths], languages)
@@ -369,7 +369,7 @@ def pretrain(ctx, data, out_dir, shards_dir, supervisor, layer, languages, mutat
       ptbot extract DATA.jsonl... --out states/ --queue
       ptbot pretrain --shards states/ --out MODEL_DIR
     """
-    from analyzer.train import pretrain as run
+    from lab.train import pretrain as run
 
     sae = {k: v for k, v in {"n_latents": latents, "k": topk, "contrastive_weight": contrastive_weight,
                              "epochs": epochs}.items() if v is not None}
@@ -393,12 +393,13 @@ def pretrain(ctx, data, out_dir, shards_dir, supervisor, layer, languages, mutat
 
 
 # Shared by `bind` and `rebind`: the same choice, said once. The default spells out
-# analyzer.calibrate.DEFAULT_METHOD so that `--help` does not import numpy.
+# lab.calibration_fit.DEFAULT_METHOD so that `--help` does not import numpy.
 _calibration_option = click.option(
     "--calibration", type=click.Choice(["centred", "platt", "temperature"]), default="centred", show_default=True,
     help="How scores become probabilities: 'centred' reads a line's score relative to its file and the file's "
          "size (transfers across languages), 'platt' the raw score.")
-# Likewise analyzer.ranker.CALIBRATE_ON / DEFAULT_CALIBRATE_ON, spelled out so that `--help` does not import torch.
+# Likewise lab.ranker_training.CALIBRATE_ON / DEFAULT_CALIBRATE_ON, spelled out so that `--help`
+# does not import torch.
 _calibrate_on_option = click.option(
     "--calibrate-on", type=click.Choice(["cross-source", "dev"]), default="cross-source", show_default=True,
     help="Scores the calibration is fitted on: 'cross-source' scores each source of DATA (the records' "
@@ -454,7 +455,7 @@ def bind(ctx, data, model_dir, languages, dev_fraction, calibration, calibrate_o
                           dev_fraction=dev_fraction, calibration=calibration, calibrate_on=calibrate_on,
                           epochs=epochs, seed=seed)
     from analyzer.artifact import ArtifactError, read_manifest
-    from analyzer.train import bind as run
+    from lab.train import bind as run
 
     langs = _comma_list(languages)
     recs = _records(data, langs)
@@ -719,9 +720,9 @@ def eval_cmd(ctx, tests, train_files, methods, model, json_out, plots_dir, seeds
     are cached under PTBOT_CACHE_DIR, so a second run does not read the code again.
     """
     from analyzer.artifact import ArtifactError
-    from analyzer.evaluate import EvalConfig, run_eval
     from analyzer.supervisor import SupervisorError
     from bot.eval_report import render_table, write_plots
+    from lab.evaluate import EvalConfig, run_eval
 
     settings = _settings(ctx)
     try:
@@ -783,9 +784,9 @@ def features_cmd(ctx, data, model, top, examples, json_out, labels):
     Association = mean activation on buggy lines minus mean activation on correct lines.
     """
     from analyzer.artifact import ArtifactError
-    from analyzer.evaluate import latent_associations, open_model, write_latent_labels
     from analyzer.supervisor import SupervisorError
     from bot.eval_report import render_latents
+    from lab.evaluate import latent_associations, open_model, write_latent_labels
 
     settings = _settings(ctx)
     model_dir = _model_dir_or_default(settings, model)
@@ -958,10 +959,10 @@ def rebind_cmd(ctx, data, home, feedback_db, repo, languages, holdout, metric, m
 
     from analyzer import versions
     from analyzer.artifact import ArtifactError, read_manifest
-    from analyzer.rebind import rebind_with_gate
-    from analyzer.records import load_records
     from bot.feedback import write_export
     from bot.store import LabelStore
+    from lab.rebind import rebind_with_gate
+    from lab.records import load_records
 
     langs = _comma_list(languages)
     seed_records = _records(data, langs)
@@ -1054,10 +1055,10 @@ def adapt_cmd(ctx, repo, home, repository, until, holdout_months, rev, mutations
       ptbot adapt ../shop --repository octo/shop --report adapt-report/ --json adapt.json
       ptbot adapt ../shop --home homes/shop --until 2024-01-01 --feedback-db $PTBOT_DATABASE_URL
     """
-    from analyzer.adapt import AdaptConfig
     from analyzer.artifact import ArtifactError
-    from analyzer.records import RecordError
     from bot.eval_report import render_table
+    from lab.adapt import AdaptConfig
+    from lab.records import RecordError
     from miners.history import GitError
     from miners.mine import MiningError
     from workers.adapt import AdaptBusy, AdaptJob, adapt_repository, write_outputs
@@ -1174,8 +1175,9 @@ def _pretrain_from_shards(ctx: click.Context, data, shards_dir: str, out_dir: st
     from click.core import ParameterSource
 
     from analyzer.artifact import ArtifactError
-    from analyzer.shards import ShardError, read_manifest
-    from analyzer.train import pretrain_from_shards, supervisor_ref
+    from analyzer.supervisor import supervisor_ref
+    from lab.shards import ShardError, read_manifest
+    from lab.train import pretrain_from_shards
 
     if data:
         raise _fail("give DATA or --shards, not both (the shards already fix the records)")
@@ -1235,8 +1237,9 @@ def extract_cmd(ctx, data, out_dir, supervisor, layer, languages, mutations, fin
     """
     from tqdm import tqdm
 
-    from analyzer.shards import ExtractSettings, ShardError, extract_shard, finish, pending_shards
-    from analyzer.train import plan_line_states, supervisor_ref
+    from analyzer.supervisor import supervisor_ref
+    from lab.shards import ExtractSettings, ShardError, extract_shard, finish, pending_shards
+    from lab.train import plan_line_states
 
     langs = _comma_list(languages)
     recs = _records(data, langs)

@@ -232,7 +232,7 @@ SAMPLE_RECORDS = Path(__file__).resolve().parent / "fixtures" / "data" / "humane
 
 def tiny_records(n: int = 24):
     """The first ``n`` (at most 64) HumanEvalPack Python records (buggy + fixed pairs)."""
-    from analyzer.records import load_records
+    from lab.records import load_records
 
     records = load_records([SAMPLE_RECORDS])
     if n > len(records):
@@ -270,7 +270,7 @@ def tiny_artifact_dir(tiny_model_dir, tmp_path_factory: pytest.TempPathFactory):
     """A complete model directory (pretrain + bind) built on ``tiny_model_dir``; treat as read-only
     (copy it with shutil.copytree before changing anything)."""
     from analyzer.supervisor import Supervisor, SupervisorConfig
-    from analyzer.train import bind, pretrain
+    from lab.train import bind, pretrain
 
     root = tmp_path_factory.mktemp("tiny-artifact")
     sup = Supervisor.load(SupervisorConfig(model=str(tiny_model_dir), device="cpu",

@@ -21,11 +21,11 @@ from conftest import TINY_RANKER
 from gitrepo import git, write
 
 from analyzer import versions
-from analyzer.adapt import AdaptConfig, ForwardSplit, adapt_home, split_forward
 from analyzer.artifact import read_manifest
 from analyzer.supervisor import Supervisor, SupervisorConfig
 from analyzer.types import Record
 from bot.config import Settings
+from lab.adapt import AdaptConfig, ForwardSplit, adapt_home, split_forward
 from miners import timeline
 from workers.adapt import AdaptBusy, AdaptJob, adapt_repository, home_lock, write_outputs
 
@@ -178,7 +178,7 @@ def adapt_split(shop: Path, home: Path) -> ForwardSplit:
     """The split ``adapt_repository`` made, rebuilt from the records of the repository."""
     import tempfile
 
-    from analyzer.records import load_records
+    from lab.records import load_records
     from miners.mine import MineConfig, mine_repo
 
     with tempfile.TemporaryDirectory() as tmp:

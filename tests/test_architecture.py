@@ -1,11 +1,18 @@
 """The layering rules of the brief, checked on the import graph and at run time.
 
-- the packages stand in layers, each importing only the layers below it: ``analyzer`` and
-  ``templates`` at the bottom, then ``miners`` and ``bot``, then ``workers``, and the composition
-  root ``ptbot`` (the command line) on top, which no product package imports;
-- ``analyzer`` imports no other ptbot package and never github, git, celery, jinja2 or click;
-- ``miners`` and ``bot`` use only analyzer's stdlib-only modules, so the webhook process never
-  imports torch; the web process sends tasks by name and never imports ``workers.tasks``;
+- the packages stand in layers, each importing only the layers below it (lowest first):
+  ``analyzer`` (the scoring runtime) and ``templates``; ``lab`` (training, evaluation,
+  retraining); ``miners`` and ``bot``; ``workers``; and the composition root ``ptbot`` (the
+  command line) on top, which no product package imports;
+- ``lab`` sits below ``miners`` because the miners make mutated copies of clean code with
+  ``lab.mutate`` while nothing in ``lab`` needs a miner: the mining that ``ptbot adapt`` does
+  is put together in ``workers``, above both;
+- ``analyzer`` imports no other ptbot package (``lab`` included: scoring loads no training
+  code) and never github, git, celery, jinja2 or click; ``lab`` imports only ``analyzer``
+  and none of those either;
+- ``miners`` and ``bot`` use only the stdlib-only modules of ``analyzer`` and ``lab``, so the
+  webhook process never imports torch; the web process sends tasks by name and never imports
+  ``workers.tasks``;
 - no import cycle, between the modules of the product packages or between the packages.
 
 The torch-free analyzer modules may also use ``PURE_PYTHON_PARSERS`` (``analyzer.diff`` adapts
@@ -23,12 +30,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STDLIB_ONLY_ANALYZER = {"analyzer", "analyzer.types", "analyzer.languages", "analyzer.diff",
-                        "analyzer.mutate", "analyzer.lines", "analyzer.records", "analyzer.declarations",
-                        "analyzer.artifact", "analyzer.versions", "analyzer.embedded", "analyzer.comments"}
+STDLIB_ONLY = {"analyzer", "analyzer.types", "analyzer.languages", "analyzer.diff", "analyzer.lines",
+               "analyzer.declarations", "analyzer.artifact", "analyzer.versions", "analyzer.embedded",
+               "analyzer.comments",
+               "lab", "lab.mutate", "lab.records"}
+"""The modules of ``analyzer`` and ``lab`` that import nothing but the standard library (and
+``PURE_PYTHON_PARSERS``): all that ``miners`` and ``bot`` may use of them."""
 PURE_PYTHON_PARSERS = {"unidiff"}
-FORBIDDEN_IN_ANALYZER = {"bot", "miners", "workers", "ptbot", "github", "git", "celery", "jinja2", "click",
-                         "flask", "redis", "sqlalchemy"}
+SERVICES = {"github", "git", "celery", "jinja2", "click", "flask", "redis", "sqlalchemy"}
+FORBIDDEN = {"analyzer": {"lab", "bot", "miners", "workers", "ptbot"} | SERVICES,
+             "lab": {"bot", "miners", "workers", "ptbot"} | SERVICES}
+"""What the runtime and the lab never import (top-level names)."""
 
 
 def _imports(path: Path) -> set[str]:
@@ -46,31 +58,39 @@ def _modules(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
 
 
-@pytest.mark.parametrize("path", _modules("analyzer"), ids=lambda p: p.name)
-def test_analyzer_imports_nothing_above_it(path: Path) -> None:
-    bad = {m for m in _imports(path) if m.split(".")[0] in FORBIDDEN_IN_ANALYZER}
+def _is_product(module: str, packages: tuple[str, ...] = ("analyzer", "lab")) -> bool:
+    return module.split(".")[0] in packages
+
+
+@pytest.mark.parametrize("path", _modules("analyzer") + _modules("lab"),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_runtime_and_lab_import_nothing_above_them(path: Path) -> None:
+    """The runtime imports no lab module (scoring loads no training code); neither imports a
+    package above it or a service client."""
+    package = path.relative_to(ROOT).parts[0]
+    bad = {m for m in _imports(path) if m.split(".")[0] in FORBIDDEN[package]}
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 
-@pytest.mark.parametrize("path", _modules("analyzer"), ids=lambda p: p.name)
-def test_stdlib_only_analyzer_modules_stay_stdlib_only(path: Path) -> None:
-    name = "analyzer." + path.stem if path.stem != "__init__" else "analyzer"
-    if name not in STDLIB_ONLY_ANALYZER:
+@pytest.mark.parametrize("path", _modules("analyzer") + _modules("lab"),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_stdlib_only_modules_stay_stdlib_only(path: Path) -> None:
+    name = _module_name(path)
+    if name not in STDLIB_ONLY:
         pytest.skip("may use torch")
     allowed = sys.stdlib_module_names | PURE_PYTHON_PARSERS
-    third_party = {m for m in _imports(path)
-                   if m.split(".")[0] not in allowed and not m.startswith("analyzer")}
+    third_party = {m for m in _imports(path) if m.split(".")[0] not in allowed and not _is_product(m)}
     assert not third_party, (f"{name} must stay stdlib-only (or use {sorted(PURE_PYTHON_PARSERS)}) "
                              f"but imports {sorted(third_party)}")
-    heavy = {m for m in _imports(path) if m.startswith("analyzer.") and m not in STDLIB_ONLY_ANALYZER}
-    assert not heavy, f"{name} imports torch-side analyzer modules {sorted(heavy)}"
+    heavy = {m for m in _imports(path) if _is_product(m) and m not in STDLIB_ONLY}
+    assert not heavy, f"{name} imports torch-side modules {sorted(heavy)}"
 
 
 @pytest.mark.parametrize("path", _modules("miners") + _modules("bot"),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_miners_and_bot_use_only_stdlib_analyzer(path: Path) -> None:
+def test_miners_and_bot_use_only_stdlib_modules_below_them(path: Path) -> None:
     bad = {m for m in _imports(path)
-           if (m.startswith("analyzer") and m not in STDLIB_ONLY_ANALYZER)
+           if (_is_product(m) and m not in STDLIB_ONLY)
            or m.split(".")[0] in ("torch", "transformers", "workers", "ptbot")}
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
@@ -90,21 +110,22 @@ def test_no_bucket_modules() -> None:
     assert not buckets, f"modules without a name for what they own: {buckets}"
 
 
-def test_scoring_never_imports_the_adaptation() -> None:
-    """``ptbot adapt`` is training: loading the scorer, a review or the worker's tasks must not
-    pull it (or the miners) in."""
+def test_scoring_never_imports_the_lab() -> None:
+    """Training, evaluation and ``ptbot adapt`` are the lab's: loading the scorer, a review or the
+    worker's tasks must not pull any of it (or the miners) in."""
     code = ("import sys, analyzer.score, bot.review, bot.pr_review, bot.action, workers.tasks; "
-            "bad = [m for m in ('analyzer.adapt', 'workers.adapt', 'miners.mine') if m in sys.modules]; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'lab' "
+            "or m in ('workers.adapt', 'miners.mine')); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 # --- import cycles -----------------------------------------------------------------------------
 
-PRODUCT_PACKAGES = ("analyzer", "miners", "bot", "workers", "templates", "ptbot")
+PRODUCT_PACKAGES = ("analyzer", "lab", "miners", "bot", "workers", "templates", "ptbot")
 
 # The layers, lowest first: a package imports only packages in lower layers.
-LAYERS = (("analyzer", "templates"), ("miners", "bot"), ("workers",), ("ptbot",))
+LAYERS = (("analyzer", "templates"), ("lab",), ("miners", "bot"), ("workers",), ("ptbot",))
 
 # Imports that close a cycle today, each as (importing module, imported module). The tests below
 # fail on a cycle not listed here and on an entry that no longer closes one, so the list only

@@ -17,11 +17,12 @@ from analyzer import artifact
 from analyzer.artifact import ArtifactError, check_supervisor, read_manifest, write_manifest
 from analyzer.calibrate import Calibrator
 from analyzer.ranker import RankerConfig, RankerMLP, load_ranker, save_ranker
-from analyzer.sae import SAEConfig, load_sae, save_sae, train_sae
+from analyzer.sae import SAEConfig, load_sae, save_sae
 from analyzer.score import RiskScorer
-from analyzer.supervisor import Supervisor, SupervisorConfig
-from analyzer.train import supervisor_ref
+from analyzer.supervisor import Supervisor, SupervisorConfig, supervisor_ref
 from conftest import TINY_CODE
+from lab.calibration_fit import fit_calibrator
+from lab.sae_training import train_sae
 
 
 def copy_model(src: Path, tmp_path: Path) -> Path:
@@ -64,7 +65,7 @@ def test_calibrator_round_trip_through_the_manifest(tmp_path):
     rng = np.random.default_rng(0)
     s = rng.normal(size=400)
     y = (rng.random(400) < 1 / (1 + np.exp(-(2 * s - 1)))).astype(int)
-    cal = Calibrator.fit(s, y, "platt")
+    cal = fit_calibrator([s], [y], "platt")
     write_manifest(tmp_path, {"calibration": cal.to_dict()})
     again = Calibrator.from_dict(read_manifest(tmp_path)["calibration"])
     assert again == cal

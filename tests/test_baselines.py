@@ -1,4 +1,4 @@
-"""``analyzer.baselines``: length, random, uncertainty and LookBack Lens features, checked by hand."""
+"""``lab.baselines``: length, random, uncertainty and LookBack Lens features, checked by hand."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from analyzer.baselines import (ClassifierConfig, FullPassCache, LineClassifier, context_for,  # noqa: E402
-                                length_scores, random_scores, read_full, uncertainty_scores)
-from analyzer.calibrate import Calibrator  # noqa: E402
 from analyzer.features import FeatureConfig, extract  # noqa: E402
 from analyzer.lines import LineSpan  # noqa: E402
 from analyzer.supervisor import Supervisor, SupervisorConfig  # noqa: E402
 from analyzer.types import Record  # noqa: E402
+from lab.baselines import (ClassifierConfig, FullPassCache, LineClassifier, context_for,  # noqa: E402
+                           length_scores, random_scores, read_full, uncertainty_scores)
+from lab.calibration_fit import fit_calibrator  # noqa: E402
 
 CODE = "def add(a, b):\n    total = a + b\n\n    return total\n"
 
@@ -101,7 +101,7 @@ def test_logistic_matches_newton_platt():
     s = rng.normal(size=400)
     y = (rng.random(400) < 1 / (1 + np.exp(-(2.0 * s - 1.0)))).astype(float)
     clf = LineClassifier.fit(ClassifierConfig(kind="logistic", l2=0.0), s[:, None], y)
-    platt = Calibrator.fit(s, y, l2=0.0 + 1e-12)
+    platt = fit_calibrator([s], [y], "platt", l2=0.0 + 1e-12)
     # Both maximise the same likelihood; standardisation only reparametrises the line.
     p_clf = 1 / (1 + np.exp(-clf.logits(s[:, None])))
     assert p_clf == pytest.approx(platt.predict(s), abs=1e-3)

@@ -1,4 +1,5 @@
-"""Calibrator: recovers known Platt parameters, improves ECE, validates input, round-trips as JSON."""
+"""Calibrator and ``fit_calibrator``: recovers known parameters, improves ECE, validates input,
+round-trips as JSON."""
 
 import json
 
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 
 from analyzer.calibrate import Calibrator
-from analyzer.metrics import ece
+from lab.calibration_fit import fit_calibrator
+from lab.metrics import ece
 
 
 def _synthetic(a: float, b: float, n: int = 20000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -18,14 +20,14 @@ def _synthetic(a: float, b: float, n: int = 20000, seed: int = 0) -> tuple[np.nd
 
 def test_platt_recovers_known_parameters():
     s, y = _synthetic(a=0.7, b=-1.5)
-    cal = Calibrator.fit(s, y, method="platt")
+    cal = fit_calibrator([s], [y], "platt")
     assert cal.a == pytest.approx(0.7, abs=0.05)
     assert cal.b == pytest.approx(-1.5, abs=0.08)
 
 
 def test_temperature_recovers_slope_with_zero_bias():
     s, y = _synthetic(a=0.4, b=0.0, seed=1)
-    cal = Calibrator.fit(s, y, method="temperature")
+    cal = fit_calibrator([s], [y], "temperature")
     assert cal.b == 0.0
     assert cal.a == pytest.approx(0.4, abs=0.04)
 
@@ -35,7 +37,7 @@ def test_ece_improves_on_miscalibrated_scores():
     s, y = _synthetic(a=0.5, b=-1.0, seed=2)
     fit_s, fit_y, test_s, test_y = s[:10000], y[:10000], s[10000:], y[10000:]
     before = ece(Calibrator.identity().predict(test_s), test_y)
-    after = ece(Calibrator.fit(fit_s, fit_y).predict(test_s), test_y)
+    after = ece(fit_calibrator([fit_s], [fit_y], "platt").predict(test_s), test_y)
     assert before > 0.1
     assert after < 0.02
     assert after < before / 5
@@ -44,7 +46,7 @@ def test_ece_improves_on_miscalibrated_scores():
 def test_separable_scores_stay_finite():
     s = np.array([-3.0, -2.0, -1.0, 1.0, 2.0, 3.0])
     y = np.array([0, 0, 0, 1, 1, 1])
-    cal = Calibrator.fit(s, y)
+    cal = fit_calibrator([s], [y], "platt")
     p = cal.predict(s)
     assert np.isfinite([cal.a, cal.b]).all()
     assert (p[:3] < 0.5).all() and (p[3:] > 0.5).all()
@@ -52,7 +54,7 @@ def test_separable_scores_stay_finite():
 
 def test_round_trip_through_json():
     s, y = _synthetic(a=1.3, b=0.2, n=2000, seed=3)
-    cal = Calibrator.fit(s, y)
+    cal = fit_calibrator([s], [y], "platt")
     back = Calibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
     assert back == cal
     np.testing.assert_array_equal(back.predict(s), cal.predict(s))
@@ -79,7 +81,7 @@ def test_identity_is_plain_sigmoid_and_keeps_shape():
 )
 def test_fit_refuses_bad_input(scores, labels, message):
     with pytest.raises(ValueError, match=message):
-        Calibrator.fit(scores, labels)
+        fit_calibrator([scores], [labels])
 
 
 def test_bad_config_is_refused():
@@ -105,7 +107,7 @@ def _synthetic_files(a: float, b: float, c: float, n_files: int = 3000, seed: in
 
 def test_centred_recovers_known_parameters():
     scores, labels = _synthetic_files(a=0.8, b=0.5, c=-0.9)
-    cal = Calibrator.fit_files(scores, labels, method="centred")
+    cal = fit_calibrator(scores, labels)
     assert cal.method == "centred"
     assert cal.a == pytest.approx(0.8, abs=0.05)
     assert cal.b == pytest.approx(0.5, abs=0.15)
@@ -129,21 +131,21 @@ def test_centred_beats_platt_when_files_shift():
     fit_s = [s - s.mean() for s in fit_s]
     test_s = [s - s.mean() + 3.0 for s in test_s]
     y = np.concatenate(test_y)
-    platt = Calibrator.fit_files(fit_s, fit_y, method="platt")
-    centred = Calibrator.fit_files(fit_s, fit_y, method="centred")
+    platt = fit_calibrator(fit_s, fit_y, "platt")
+    centred = fit_calibrator(fit_s, fit_y, "centred")
     ece_platt = ece(np.concatenate([platt.predict(s) for s in test_s]), y)
     ece_centred = ece(np.concatenate([centred.predict(s) for s in test_s]), y)
     assert ece_centred < 0.02 < 0.1 < ece_platt
 
 
-def test_fit_files_matches_fit_for_platt():
+def test_platt_pools_the_files():
     s, y = _synthetic(a=0.7, b=-1.5, n=3000, seed=4)
-    assert Calibrator.fit_files([s[:1000], s[1000:]], [y[:1000], y[1000:]]) == Calibrator.fit(s, y)
+    assert fit_calibrator([s[:1000], s[1000:]], [y[:1000], y[1000:]], "platt") == fit_calibrator([s], [y], "platt")
 
 
 def test_centred_round_trips_and_legacy_dicts_read_without_c():
     scores, labels = _synthetic_files(a=0.5, b=0.0, c=-1.0, n_files=300, seed=5)
-    cal = Calibrator.fit_files(scores, labels, method="centred")
+    cal = fit_calibrator(scores, labels, "centred")
     d = json.loads(json.dumps(cal.to_dict()))
     assert set(d) == {"method", "a", "b", "c"}
     assert Calibrator.from_dict(d) == cal
@@ -151,10 +153,10 @@ def test_centred_round_trips_and_legacy_dicts_read_without_c():
     assert Calibrator.from_dict({"method": "platt", "a": 0.5, "b": -1.0}) == Calibrator("platt", 0.5, -1.0)
 
 
-def test_centred_is_refused_where_files_are_unknown():
-    with pytest.raises(ValueError, match="fit_files"):
-        Calibrator.fit([0.1, 0.2], [0, 1], method="centred")
+def test_bad_centred_input_is_refused():
     with pytest.raises(ValueError, match="c must be 0"):
         Calibrator("platt", 1.0, 0.0, 0.5)
     with pytest.raises(ValueError, match="2 files of scores but 1"):
-        Calibrator.fit_files([[0.1], [0.2]], [[0]], method="centred")
+        fit_calibrator([[0.1], [0.2]], [[0]], "centred")
+    with pytest.raises(ValueError, match="method must be one of"):
+        fit_calibrator([[0.1, 0.2]], [[0, 1]], "identity")

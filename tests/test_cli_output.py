@@ -92,7 +92,7 @@ def gguf_artifact_dir(tiny_gguf, tmp_path_factory) -> Path:
     """A trained model directory whose supervisor is ``tiny_gguf`` (its cache lives elsewhere:
     every CLI run below starts from an empty cache)."""
     from analyzer.supervisor import Supervisor, SupervisorConfig
-    from analyzer.train import bind, pretrain
+    from lab.train import bind, pretrain
 
     root = tmp_path_factory.mktemp("gguf-artifact")
     sup = Supervisor.load(SupervisorConfig(model=str(tiny_gguf), device="cpu", cache_dir=root / "cache"))

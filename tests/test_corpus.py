@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from analyzer.records import refuse_test_repositories
 from analyzer.types import Record
+from lab.records import refuse_test_repositories
 from miners.corpus import Card, CardRepo, CorpusError, Selection, read_reserved, rejection, reserved_hits
 from ptbot.cli import cli
 from tests.gitrepo import commit, git, write
@@ -147,9 +147,9 @@ def test_which_fixes_a_careful_dataset_keeps(subject, path, why):
 
 
 def test_test_repository_records_never_train_select_or_calibrate(tmp_path, tiny_model_dir):
-    from analyzer.evaluate import EvalConfig, run_eval
     from analyzer.supervisor import Supervisor, SupervisorConfig
-    from analyzer.train import bind, pretrain
+    from lab.evaluate import EvalConfig, run_eval
+    from lab.train import bind, pretrain
 
     tiny_supervisor = Supervisor.load(SupervisorConfig(model=str(tiny_model_dir), device="cpu", layer=1))
 

@@ -1,4 +1,4 @@
-"""``analyzer.evaluate``: the eval harness on a tiny random supervisor (no downloads).
+"""``lab.evaluate``: the eval harness on a tiny random supervisor (no downloads).
 
 What is proven here:
 - test records never reach training: the ids every trainable run fitted and calibrated on are
@@ -23,11 +23,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from analyzer import artifact  # noqa: E402
-from analyzer.evaluate import (EvalConfig, latent_associations, open_model, run_eval,  # noqa: E402
-                               write_latent_labels)
-from analyzer.metrics import expected_random_topk_hit_rate  # noqa: E402
 from analyzer.supervisor import Supervisor, SupervisorConfig  # noqa: E402
 from analyzer.types import Record  # noqa: E402
+from lab.evaluate import (EvalConfig, latent_associations, open_model, run_eval,  # noqa: E402
+                          write_latent_labels)
+from lab.metrics import expected_random_topk_hit_rate  # noqa: E402
 
 PY_LINES = ["total = 0", "for i in range(n):", "    total += i * i", "if total > limit:",
             "    return None", "values = sorted(xs)", "count = len(values)", "    count -= 1",
@@ -74,7 +74,7 @@ def sup_cfg(tiny_model_dir, tmp_path_factory) -> SupervisorConfig:
 @pytest.fixture(scope="module")
 def model_dir(sup_cfg, data, tmp_path_factory) -> Path:
     """A tiny trained artifact: SAE (pretrain) + ranker and calibration (bind) on the training records."""
-    from analyzer.train import bind, pretrain
+    from lab.train import bind, pretrain
 
     out = tmp_path_factory.mktemp("artifact") / "tiny"
     sup = Supervisor.load(sup_cfg)
@@ -244,7 +244,7 @@ def test_second_eval_reads_from_cache(data, sup_cfg, model_dir, tmp_path, monkey
         raise AssertionError("the model ran although every text is cached")
 
     monkeypatch.setattr(Supervisor, "states", no_model)
-    monkeypatch.setattr("analyzer.baselines._full_pass", no_model)
+    monkeypatch.setattr("lab.baselines._full_pass", no_model)
     second = run_eval(data["train"], tests, cfg, model_dir=model_dir, supervisor=sup_cfg, cache_root=tmp_path)
     for m in cfg.methods:
         flat = lambda rep: [v for row in _scores(rep, m) for v in row]  # noqa: E731
@@ -269,7 +269,7 @@ def test_latent_associations_and_labels(data, sup_cfg, model_dir):
         assert len(a.examples) <= 2
         assert all(e.activation > 0 for e in a.examples)
     # hand check of the top latent's statistic from the raw SAE activations
-    from analyzer.evaluate import read_records
+    from lab.evaluate import read_records
 
     rs = read_records(loaded.sup, data["train"], loaded.features, None)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""``ptbot extract`` and ``pretrain --shards``: line states in safetensors shards (analyzer.shards).
+"""``ptbot extract`` and ``pretrain --shards``: line states in safetensors shards (lab.shards).
 
 On the tiny random supervisor (conftest ``tiny_model_dir``): shards hold the states
 ``analyzer.features.extract`` computes, stage 1 on the shards gives the very SAE stage 1 on the
@@ -19,21 +19,20 @@ from click.testing import CliRunner
 from conftest import TINY_SAE, tiny_records
 from safetensors.torch import load_file
 
-from analyzer import shards
 from analyzer.artifact import read_manifest
 from analyzer.features import FeatureConfig, extract
 from analyzer.sae import load_sae
-from analyzer.supervisor import Supervisor, SupervisorConfig
-from analyzer.train import (
+from analyzer.supervisor import Supervisor, SupervisorConfig, supervisor_ref
+from bot.config import Settings
+from bot.pr_review import RedisLedger
+from lab import shards
+from lab.train import (
     plan_line_states,
     pretrain,
     pretrain_from_shards,
     pretraining_plan,
     pretraining_records,
-    supervisor_ref,
 )
-from bot.config import Settings
-from bot.pr_review import RedisLedger
 from ptbot.cli import cli
 from workers.celery_app import make_celery
 from workers.producer import WorkerConfig

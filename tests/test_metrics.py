@@ -1,4 +1,4 @@
-"""Every metric in analyzer.metrics against small hand-computed values (arithmetic in comments)."""
+"""Every metric in lab.metrics against small hand-computed values (arithmetic in comments)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from analyzer.metrics import (
+from lab.metrics import (
     SnippetPrediction,
     bootstrap_ci,
     brier,

@@ -1,4 +1,4 @@
-"""analyzer.mutate: line mutations of clean code and line pairs of real fixes."""
+"""lab.mutate: line mutations of clean code and line pairs of real fixes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from analyzer.languages import is_scorable
-from analyzer.mutate import COARSE_OPS, FINE_OPS, Mutant, mutate, pair_lines
+from lab.mutate import COARSE_OPS, FINE_OPS, Mutant, mutate, pair_lines
 
 PY = """\
 def clamp(x, lo, hi):

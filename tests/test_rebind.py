@@ -1,4 +1,4 @@
-"""analyzer.rebind: a re-bind on feedback that helps is promoted, one that hurts is refused.
+"""lab.rebind: a re-bind on feedback that helps is promoted, one that hurts is refused.
 
 Built on the tiny random supervisor. The feedback is synthetic but learnable: every feedback file
 gets one inserted "marker" line (tokens the tiny model never saw in the seed data), and the
@@ -15,14 +15,15 @@ from dataclasses import replace
 
 import pytest
 
-from analyzer import train, versions
+from analyzer import versions
 from analyzer.artifact import read_manifest
-from analyzer.rebind import GateConfig, decide, rebind_with_gate, split_feedback
-from analyzer.records import load_records
 from analyzer.score import RiskScorer
 from analyzer.supervisor import Supervisor, SupervisorConfig
 from analyzer.types import Record
 from conftest import TINY_RANKER, tiny_records
+from lab import train
+from lab.rebind import GateConfig, decide, rebind_with_gate, split_feedback
+from lab.records import load_records
 
 MARKER = "    assert qzx_vault is not None, 'qzx qzx qzx qzx qzx qzx'"
 # More epochs than TINY_RANKER: the marker must actually be learnt for the gate to see a gain.
@@ -66,7 +67,7 @@ def test_feedback_split_is_by_problem_and_independent_of_binds_dev_split():
     assert held and train and len(train) + len(held) == len(recs)
     assert split_feedback(recs, 0.3, 0) == (train, held)  # deterministic
     # bind's own dev split (unsalted hash, same seed) must still see feedback problems
-    from analyzer.records import split_by_problem
+    from lab.records import split_by_problem
 
     _, dev = split_by_problem(train, 0.2, 0)
     assert dev

@@ -13,6 +13,7 @@ from bot.render import (
     MAX_BODY_CHARS,
     Coverage,
     Renderer,
+    SummaryTable,
     fingerprint,
     line_fingerprints,
     marker,
@@ -159,7 +160,7 @@ def test_inline_comment_has_rank_probability_reason_provenance_and_marker(render
 def test_review_body_has_table_coverage_model_and_feedback(renderer):
     rep = sample_report()
     cov = Coverage(scored=3, candidates=4, skipped=rep.skipped)
-    body = renderer.review_body(rep, cov, "smollm2@0.1.0", head_sha="abc123", max_rows=2)
+    body = renderer.review_body(SummaryTable(rep, cov, "smollm2@0.1.0", head_sha="abc123", max_rows=2))
     assert "| 1 | 81% | `src/auth.py:42` | `if user.is_admin or token:` |" in body
     assert "`return a \\| b`" in body
     assert "lib/x.py" not in body and "1 more scored line below rank 2" in body
@@ -170,11 +171,11 @@ def test_review_body_has_table_coverage_model_and_feedback(renderer):
 
 def test_check_summary_title_and_body(renderer):
     rep = sample_report()
-    out = renderer.check_summary(rep, Coverage.from_report(rep), "smollm2@0.1.0")
+    out = renderer.check_summary(SummaryTable(rep, Coverage.from_report(rep), "smollm2@0.1.0"))
     assert out.title == "ptbot: 3 lines ranked, 1 high risk, top 81%"
     assert "neutral" in out.summary and "`src/auth.py:42`" in out.summary
     assert parse_marker(out.summary)["kind"] == "check"
-    empty = renderer.check_summary(Report(MODEL, ()), Coverage(0, 0), "m")
+    empty = renderer.check_summary(SummaryTable(Report(MODEL, ()), Coverage(0, 0), "m"))
     assert empty.title == "ptbot: no lines scored"
     assert "nothing to rank" in empty.summary
 
@@ -182,7 +183,7 @@ def test_check_summary_title_and_body(renderer):
 def test_bodies_stay_under_githubs_size_limit(renderer):
     many = tuple(line(f"pkg/module_{i}.py", i + 1, "x" * 200, 0.5, i + 1) for i in range(2000))
     rep = Report(MODEL, many)
-    out = renderer.check_summary(rep, Coverage.from_report(rep), "m", max_rows=2000)
+    out = renderer.check_summary(SummaryTable(rep, Coverage.from_report(rep), "m", max_rows=2000))
     assert len(out.summary) <= MAX_BODY_CHARS
     assert "more scored lines below rank" in out.summary
 

@@ -5,19 +5,9 @@ import math
 import pytest
 import torch
 
-from analyzer.sae import (
-    CHECKPOINT_NAME,
-    SAEConfig,
-    SparseAutoencoder,
-    contrastive_loss,
-    drop_identical_pairs,
-    geometric_median,
-    load_sae,
-    make_optimizer,
-    sae_step,
-    save_sae,
-    train_sae,
-)
+from analyzer.sae import SAEConfig, SparseAutoencoder, geometric_median, load_sae, save_sae
+from lab.sae_training import (
+    CHECKPOINT_NAME, contrastive_loss, drop_identical_pairs, make_optimizer, sae_step, train_sae)
 
 D_IN = 16
 STEPS = 300  # optimiser steps of the crafted AuxK case

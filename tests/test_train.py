@@ -1,4 +1,4 @@
-"""analyzer.train: pretrain (stage 1) and bind (stage 2) end to end on the tiny supervisor."""
+"""lab.train: pretrain (stage 1) and bind (stage 2) end to end on the tiny supervisor."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from analyzer.artifact import ArtifactError, read_manifest
 from analyzer.features import FeatureConfig, StateCache, extract
 from analyzer.supervisor import Supervisor, SupervisorConfig
-from analyzer.train import bind, pretrain, pretraining_texts
 from conftest import TINY_RANKER, TINY_SAE, tiny_records
+from lab.train import bind, pretrain, pretraining_texts
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_pretrain_resumes_from_its_checkpoint_bit_identically(sup, tmp_path, cap
     part = tmp_path / "part"
     pretrain(sup, recs, part, sae_cfg={**TINY_SAE, "epochs": 1}, **kw)
     assert (part / "checkpoints" / "sae_checkpoint.pt").exists()
-    with caplog.at_level(logging.INFO, logger="analyzer.sae"):
+    with caplog.at_level(logging.INFO, logger="lab.sae_training"):
         m = pretrain(sup, recs, part, sae_cfg={**TINY_SAE, "epochs": 3}, **kw)
     assert any("resumed SAE training" in r.getMessage() and "epoch 1" in r.getMessage()
                for r in caplog.records)
@@ -176,7 +176,7 @@ def test_bind_keep_ranker_refits_only_the_calibration(sup, tiny_artifact_dir, tm
 
 
 def test_pretrain_holdout_keeps_dev_problems_out_of_stage_1(sup, tmp_path):
-    from analyzer.records import split_by_problem
+    from lab.records import split_by_problem
 
     recs = tiny_records(24)
     _, dev = split_by_problem(recs, 0.3, 0)
@@ -193,7 +193,7 @@ def test_pretrain_holdout_keeps_dev_problems_out_of_stage_1(sup, tmp_path):
 # ------------------------------------------------------------------------------ ranker inputs
 
 
-def test_ranker_inputs_columns_absolute_and_relative_shape():
+def test_ranker_inputs_columns_and_relative_shape():
     import math
 
     from analyzer.features import ranker_inputs
@@ -201,10 +201,8 @@ def test_ranker_inputs_columns_absolute_and_relative_shape():
 
     lines = [LineSpan(1, 0, 0, 1, "x = 1"), LineSpan(2, 1, 3, 3, "return foo(x)"), LineSpan(3, 4, 6, 7, "y")]
     latents = torch.tensor([[1.0, 0.0], [3.0, 2.0], [2.0, 4.0]])  # (3 lines, 2 latents)
-    legacy = FeatureConfig.from_dict({"prefix": "", "absolute": False, "centre": True, "shape": True,
-                                      "position": True})
-    assert legacy.relative_shape is False  # manifests written before the field keep their behaviour
-    x = ranker_inputs(latents, lines, legacy)  # (3, 2 centred latents + [log tokens, position, log chars])
+    absolute_shape = FeatureConfig(prefix="", relative_shape=False)
+    x = ranker_inputs(latents, lines, absolute_shape)  # (3, 2 centred latents + [log tokens, position, log chars])
     assert x.shape == (3, 5)
     torch.testing.assert_close(x[:, :2], latents - latents.mean(0))
     toks = torch.tensor([math.log1p(1), math.log1p(3), math.log1p(7)])
@@ -226,6 +224,24 @@ def test_ranker_inputs_columns_absolute_and_relative_shape():
     torch.testing.assert_close(d[:, :5], ranker_inputs(latents, decl_lines, FeatureConfig(prefix="")))
     assert d[:, 5].tolist() == [1.0, 0.0, 0.0]
     assert FeatureConfig.from_dict(FeatureConfig().to_dict()).declarations is False
+
+
+def test_feature_manifests_name_every_field_and_centred_latents_only():
+    """Every model written so far records ``absolute: false, centre: true`` (the shipped one
+    too): those read as today's one recipe; uncentred latents and a missing field are refused."""
+    from analyzer.artifact import default_model_dir
+
+    shipped = read_manifest(default_model_dir())["features"]
+    assert shipped["absolute"] is False and shipped["centre"] is True
+    assert FeatureConfig.from_dict(shipped).inputs == "states"
+    written = {**FeatureConfig().to_dict(), "absolute": False, "centre": True}
+    assert FeatureConfig.from_dict(written) == FeatureConfig()
+    with pytest.raises(ArtifactError, match="uncentred latents"):
+        FeatureConfig.from_dict({**written, "absolute": True})
+    with pytest.raises(ArtifactError, match="uncentred latents"):
+        FeatureConfig.from_dict({**written, "centre": False})
+    with pytest.raises(ArtifactError, match=r"lacks \['relative_shape'\]"):
+        FeatureConfig.from_dict({k: v for k, v in written.items() if k != "relative_shape"})
 
 
 def test_bind_on_raw_states_with_a_prior_that_skips_declarations(sup, tiny_artifact_dir, tmp_path):

@@ -4,7 +4,7 @@ its own model, judged forward in time, promoted in its model HOME only when it w
 1. mine the repository (``miners.mine``: real fixes, plus mutations of its clean code);
 2. date every record by its commit (``miners.timeline``) and split at the cut;
 3. with a label store, add the repository's exported feedback, dated by the head it was given on;
-4. ``analyzer.adapt.adapt_home`` binds, compares and gates;
+4. ``lab.adapt.adapt_home`` binds, compares and gates;
 5. write the comparison (``--json``) and the report (``--report``: tables, Top-K curves, HTML).
 
 The command line and the scheduled Celery task both run ``adapt_repository``. Adapting is
@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from analyzer import artifact, versions
-from analyzer.adapt import AdaptConfig, AdaptResult, adapt_home, split_forward
-from analyzer.records import load_records
 from analyzer.types import Record
 from bot.config import Settings
+from lab.adapt import AdaptConfig, AdaptResult, adapt_home, split_forward
+from lab.records import load_records
 from miners import timeline
 from miners.history import git
 from miners.mine import MineConfig, mine_repo, opened_repo, short_repo_name

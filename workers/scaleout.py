@@ -108,8 +108,8 @@ def mine_on_queue(app: Any, configs: Sequence[Any], *, queue: str = "cpu", range
 def extract_on_queue(app: Any, out_dir: Path, *, queue: str = "gpu", progress: bool = True,
                      poll: float = 0.5, timeout: float | None = None) -> dict[str, Any]:
     """Read every unfinished shard of a planned line-states directory on ``queue``; return the
-    finished manifest (``analyzer.shards``)."""
-    from analyzer import shards
+    finished manifest (``lab.shards``)."""
+    from lab import shards
 
     out_dir = Path(out_dir)
     manifest = shards.read_manifest(out_dir)

@@ -462,7 +462,7 @@ def register_scaleout_tasks(app: Any, runtime: WorkerRuntime, *, max_deliveries:
 
     @app.task(bind=True, shared=False, name=EXTRACT_SHARD_TASK)
     def extract_shard_task(self: Any, job: dict[str, Any]) -> dict[str, Any]:
-        from analyzer import shards
+        from lab import shards
 
         out_dir, index = job["dir"], int(job["index"])
         try:

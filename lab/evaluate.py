@@ -17,12 +17,12 @@ Methods:
 - ``pttrust``: the ranker (NeuralNDCG + BCE, ``analyzer.ranker``) trained over the model
   directory's SAE latents, trained and calibrated the way the model was bound: on its ranker
   sources only (``bind --ranker-sources``, since 0.6.0), its map (``centred`` since 0.4.0,
-  ``analyzer.calibrate``) fitted on the logits ``ranker.held_out_logits`` names (each source
+  ``analyzer.calibrate``) fitted on the logits ``ranker_training.held_out_logits`` names (each source
   scored by a ranker trained without it, since 0.5.0); with no training records, the model
   directory's shipped ranker and calibrator as they are;
 - ``probe``: the same ranker architecture and feature logic (per-snippet centring, shape
   features, same calibration) on the raw hidden states of the same layer, i.e. without the SAE;
-- ``lookback`` / ``lookback_mlp``, ``uncertainty``, ``length``, ``random``: ``analyzer.baselines``.
+- ``lookback`` / ``lookback_mlp``, ``uncertainty``, ``length``, ``random``: ``lab.baselines``.
   Scores of methods that do not learn (length, uncertainty) are Platt-calibrated on the training
   lines so that they get a Brier score too; ``random`` predicts the training base rate.
 
@@ -42,18 +42,19 @@ import numpy as np
 import torch
 
 from analyzer import artifact
-from analyzer.baselines import (CONTEXT_KEYS, ClassifierConfig, FullPassCache, FullPassLines, LineClassifier,
-                                length_scores, random_scores, read_full, uncertainty_scores)
-from analyzer.calibrate import DEFAULT_METHOD, Calibrator
+from analyzer.calibrate import Calibrator
 from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, line_vectors, ranker_inputs
-from analyzer.metrics import (SnippetPrediction, bootstrap_ci, evaluate, random_topk_hit_rate, snippet_auroc,
-                              summarize_seeds, topk_hit_rate)
-from analyzer.ranker import (DEFAULT_CALIBRATE_ON, RankerConfig, Slate, by_source, held_out_logits, load_ranker,
-                             train_ranker)
-from analyzer.records import problem_key, refuse_test_repositories, split_by_problem
+from analyzer.ranker import RankerConfig, load_ranker
 from analyzer.sae import load_sae
-from analyzer.supervisor import Supervisor, SupervisorConfig
+from analyzer.supervisor import Supervisor, SupervisorConfig, supervisor_ref
 from analyzer.types import Record
+from lab.baselines import (CONTEXT_KEYS, ClassifierConfig, FullPassCache, FullPassLines, LineClassifier,
+                           length_scores, random_scores, read_full, uncertainty_scores)
+from lab.calibration_fit import DEFAULT_METHOD, fit_calibrator
+from lab.metrics import (SnippetPrediction, bootstrap_ci, evaluate, random_topk_hit_rate, snippet_auroc,
+                         summarize_seeds, topk_hit_rate)
+from lab.ranker_training import DEFAULT_CALIBRATE_ON, Slate, by_source, held_out_logits, train_ranker
+from lab.records import problem_key, refuse_test_repositories, split_by_problem
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +175,6 @@ class LoadedModel:
 
 def open_model(model_dir: Path, supervisor: SupervisorConfig = SupervisorConfig()) -> LoadedModel:
     """Load the supervisor a model directory was built on, and its SAE (``ArtifactError`` if none)."""
-    from analyzer.train import supervisor_ref
-
     manifest = artifact.read_manifest(model_dir)
     if not manifest.get("sae"):
         raise artifact.ArtifactError(f"{model_dir} has no SAE yet: run `ptbot pretrain` first")
@@ -239,22 +238,17 @@ def _split(train: Sequence[Reading], dev_fraction: float, seed: int) -> tuple[li
     return fit, dev
 
 
-def _calibrate(scores: Sequence[np.ndarray], labels: Sequence[np.ndarray], method: str = "platt") -> Calibrator:
-    """Fit ``method`` on held-out logits and labels, one array per snippet."""
-    return Calibrator.fit_files(scores, labels, method=method)
-
-
 def _ranker_logits(ranker, x: torch.Tensor, r: Reading) -> np.ndarray:
     """(n_lines,) float64 logits of one reading's lines ``x`` (n_lines, d_in), length prior included."""
     return ranker(x, torch.as_tensor(r.tokens)).double().numpy()
 
 
 def _ranker_method(name: str, seed: int, train: Sequence[Reading], tests: Mapping[str, Sequence[Reading]],
-                   feats, ranker_cfg: dict[str, Any], cfg: EvalConfig, prior_in_training: bool = False,
+                   feats, ranker_cfg: dict[str, Any], cfg: EvalConfig,
                    calibration: str = DEFAULT_METHOD, calibrate_on: str = DEFAULT_CALIBRATE_ON,
                    ranker_sources: Sequence[str] | None = None) -> MethodRun:
     """Train the per-line ranker on ``feats(reading)`` (fit split), early-stop on dev, calibrate on the
-    held-out logits ``calibrate_on`` names (``ranker.held_out_logits``), score tests. With
+    held-out logits ``calibrate_on`` names (``ranker_training.held_out_logits``), score tests. With
     ``ranker_sources``, only those sources train the ranker; the others' fit records join the map's data."""
     fit, dev = _split(train, cfg.dev_fraction, seed)
 
@@ -271,13 +265,13 @@ def _ranker_method(name: str, seed: int, train: Sequence[Reading], tests: Mappin
     dev, _ = by_source(dev, ranker_sources, lambda r: r.record.source)
     fit_s, dev_s = slates(fit), slates(dev)
     rc = RankerConfig(**{**ranker_cfg, "d_in": fit_s[0].features.shape[1], "seed": seed})
-    ranker, _ = train_ranker(rc, fit_s, dev_s, progress=cfg.progress, prior_in_training=prior_in_training)
+    ranker, _ = train_ranker(rc, fit_s, dev_s, progress=cfg.progress)
     cal_logits, cal_labels, info = held_out_logits(ranker, fit_s, dev_s, calibrate_on,
-                                                   prior_in_training=prior_in_training, unseen=slates(unseen))
+                                                   unseen=slates(unseen))
     calibrated_on = _ids(unseen) | (_ids(dev) if info["calibrated_on"] == "dev" else
                                     _ids([r for r in (*fit, *dev) if r.record.source in info["held_out_sources"]]))
     with torch.no_grad():
-        calib = _calibrate([x.double().numpy() for x in cal_logits], [y.numpy() for y in cal_labels], calibration)
+        calib = fit_calibrator([x.double().numpy() for x in cal_logits], [y.numpy() for y in cal_labels], calibration)
         run = MethodRun(name, seed, _ids(fit), calibrated_on)
         for ds, rs in tests.items():
             out = []
@@ -297,7 +291,7 @@ def _classifier_method(name: str, kind: str, seed: int, train: Sequence[Reading]
     x_dev = np.concatenate([r.full.lookback for r in dev])
     y_dev = np.concatenate([r.labels for r in dev])
     clf = LineClassifier.fit(ClassifierConfig(kind=kind, seed=seed), x_fit, y_fit, dev=(x_dev, y_dev))
-    calib = _calibrate([clf.logits(x_dev)], [y_dev])
+    calib = fit_calibrator([clf.logits(x_dev)], [y_dev], "platt")
     run = MethodRun(name, seed, _ids(fit), _ids(dev))
     for ds, rs in tests.items():
         run.predictions[ds] = [_prediction(r, s, calib.predict(s))
@@ -312,7 +306,7 @@ def _fixed_method(name: str, score, train: Sequence[Reading], tests: Mapping[str
     if name != "random" and train:
         # log1p(count) for length: a logistic in log-length fits far better than in raw length.
         squash = (lambda s: np.log1p(s)) if name == "length" else (lambda s: s)
-        platt = _calibrate([squash(score(r)) for r in train], [r.labels for r in train])
+        platt = fit_calibrator([squash(score(r)) for r in train], [r.labels for r in train], "platt")
         calib = lambda s: platt.predict(squash(s))  # noqa: E731
     run = MethodRun(name, 0, frozenset(), _ids(train) if calib else frozenset())
     for ds, rs in tests.items():
@@ -448,8 +442,8 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
         _attach_full(sup_full, train_r + [r for rs in test_r.values() for r in rs], features, full_cache, cfg)
         del sup_full
 
-    # A bound model's own ranker settings, read as an artifact (fields it predates keep the meaning
-    # they had then); an unbound model gets today's defaults.
+    # A bound model's own ranker settings, read as an artifact (a manifest that lacks one is
+    # refused); an unbound model gets today's defaults.
     bound = RankerConfig.from_dict(manifest["ranker"]).to_dict() if manifest.get("ranker") else {}
     ranker_cfg = {k: v for k, v in bound.items() if k not in ("d_in", "seed")}
     if cfg.ranker_epochs is not None:

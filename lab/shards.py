@@ -55,7 +55,7 @@ class ShardError(ValueError):
 
 
 class PlannedText(Protocol):
-    """One text to read (``analyzer.train.PretrainingText``)."""
+    """One text to read (``lab.train.PretrainingText``)."""
 
     code: str
     language: str

@@ -3,9 +3,9 @@
 The feedback records (``ptbot feedback export``, the same JSONL schema as the seed data) are
 split by problem into feedback-train and feedback-heldout. A new version of the model HOME
 (``analyzer.versions``) starts as a copy of the serving one (same supervisor, features and SAE)
-and gets a new ranker + calibrator from ``analyzer.train.bind`` on seed + feedback-train. Both
+and gets a new ranker + calibrator from ``lab.train.bind`` on seed + feedback-train. Both
 the serving version and the candidate are then scored on the *same* feedback-heldout records
-with the ``ptbot eval`` metrics (``analyzer.metrics.evaluate``); the candidate serves only if it
+with the ``ptbot eval`` metrics (``lab.metrics.evaluate``); the candidate serves only if it
 is at least ``min_gain`` better on the chosen metric. Either way both metric sets are written
 into the candidate's manifest under ``gate``, so a refusal can be inspected later.
 
@@ -25,15 +25,18 @@ from typing import Any
 
 import torch
 
-from analyzer import artifact, train, versions
-from analyzer.calibrate import DEFAULT_METHOD, FITTED, Calibrator
+from analyzer import artifact, versions
+from analyzer.calibrate import Calibrator
 from analyzer.features import FeatureConfig, StateCache
-from analyzer.metrics import SnippetPrediction, evaluate
-from analyzer.ranker import CALIBRATE_ON, DEFAULT_CALIBRATE_ON, load_ranker
-from analyzer.records import in_dev, problem_key
+from analyzer.ranker import load_ranker
 from analyzer.sae import load_sae
-from analyzer.supervisor import Supervisor
+from analyzer.supervisor import Supervisor, supervisor_ref
 from analyzer.types import Record
+from lab import train
+from lab.calibration_fit import DEFAULT_METHOD, FITTED
+from lab.metrics import SnippetPrediction, evaluate
+from lab.ranker_training import CALIBRATE_ON, DEFAULT_CALIBRATE_ON
+from lab.records import in_dev, problem_key
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +55,13 @@ class GateConfig:
     min_gain: float = 0.0
     """The candidate must beat the serving version by at least this much on ``metric``."""
     metric: str = "top1"
-    """Metric of ``analyzer.metrics.evaluate`` that decides: top1/3/5, auroc, bss, brier, ece."""
+    """Metric of ``lab.metrics.evaluate`` that decides: top1/3/5, auroc, bss, brier, ece."""
     dev_fraction: float = 0.2
     """Share of training problems bind holds out for early stopping (and calibration, with ``calibrate_on="dev"``)."""
     calibration: str = DEFAULT_METHOD
     """Calibration method for the candidate (``centred``, ``platt`` or ``temperature``; ``analyzer.calibrate``)."""
     calibrate_on: str = DEFAULT_CALIBRATE_ON
-    """Logits the candidate's map is fitted on: ``cross-source`` or ``dev`` (``ranker.held_out_logits``)."""
+    """Logits the candidate's map is fitted on: ``cross-source`` or ``dev`` (``ranker_training.held_out_logits``)."""
     n_boot: int = 200
     """Bootstrap replicates for the confidence intervals recorded with the gate metrics."""
 
@@ -122,7 +125,7 @@ def version_predictions(sup: Supervisor, model_dir: Path, records: Sequence[Reco
     manifest = artifact.read_manifest(model_dir)
     if not (manifest.get("sae") and manifest.get("ranker") and manifest.get("calibration")):
         return None
-    artifact.check_supervisor(manifest, train.supervisor_ref(sup), model_dir)
+    artifact.check_supervisor(manifest, supervisor_ref(sup), model_dir)
     features = FeatureConfig.from_dict(manifest["features"])
     sae = load_sae(model_dir, manifest["sae"]).to(torch.float32)
     ranker = load_ranker(model_dir, manifest["ranker"]).eval()

@@ -12,7 +12,7 @@ Stage 2: the SAE latents of each labelled snippet's lines -> ranker
 features -> MLP trained with NeuralNDCG + a pointwise BCE head, early-stopped on a dev split
 grouped by problem; then a calibration map (``analyzer.calibrate``, ``centred`` by default) fitted
 file by file on held-out logits: by default each source's, scored by a ranker trained without that
-source (``ranker.held_out_logits``), else the dev split's.
+source (``ranker_training.held_out_logits``), else the dev split's.
 """
 
 from __future__ import annotations
@@ -26,27 +26,22 @@ from typing import Any
 
 import torch
 
-from analyzer import artifact, shards
-from analyzer.calibrate import DEFAULT_METHOD, Calibrator
+from analyzer import artifact
+from analyzer.calibrate import Calibrator
 from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, line_vectors, ranker_inputs
-from analyzer.metrics import SnippetPrediction, evaluate
-from analyzer.mutate import mutate, pair_lines
-from analyzer.ranker import (DEFAULT_CALIBRATE_ON, RankerConfig, Slate, by_source, held_out_logits, load_ranker,
-                             save_ranker, train_ranker)
-from analyzer.records import problem_key, refuse_test_repositories, split_by_problem
-from analyzer.sae import SAEConfig, load_sae, save_sae, train_sae
-from analyzer.supervisor import Supervisor
+from analyzer.ranker import RankerConfig, load_ranker, save_ranker
+from analyzer.sae import SAEConfig, load_sae, save_sae
+from analyzer.supervisor import Supervisor, supervisor_ref
 from analyzer.types import Record
+from lab import shards
+from lab.calibration_fit import DEFAULT_METHOD, fit_calibrator
+from lab.metrics import SnippetPrediction, evaluate
+from lab.mutate import mutate, pair_lines
+from lab.ranker_training import DEFAULT_CALIBRATE_ON, Slate, by_source, held_out_logits, train_ranker
+from lab.records import problem_key, refuse_test_repositories, split_by_problem
+from lab.sae_training import train_sae
 
 log = logging.getLogger(__name__)
-
-
-def supervisor_ref(sup: Supervisor) -> artifact.SupervisorRef:
-    """What the manifest records about the supervisor an artifact is built on."""
-    return artifact.SupervisorRef(
-        model=sup.cfg.model, source=sup.info.source, sha256=sup.info.sha256, layer=sup.layer,
-        num_layers=sup.info.num_layers, hidden_size=sup.info.hidden_size,
-        tokenizer=type(sup.tokenizer).__name__)
 
 
 # ------------------------------------------------------------------------------------ stage 1
@@ -178,7 +173,7 @@ def plan_line_states(records: Sequence[Record], out_dir: Path, sup: artifact.Sup
                      max_records: int | None = None, sources: Sequence[Path] = (),
                      settings: shards.ExtractSettings = shards.ExtractSettings()) -> dict[str, Any]:
     """``ptbot extract``'s first step: the texts and pairs ``pretrain`` would read from these
-    records with these arguments, cut into shard plans (``analyzer.shards.write_plan``)."""
+    records with these arguments, cut into shard plans (``lab.shards.write_plan``)."""
     records = pretraining_records(records, holdout, seed, max_records)
     texts, pairs = pretraining_plan(records, mutations, seed, fine_mutations)
     selection = {"holdout": holdout, "max_records": max_records, "mutations": mutations,
@@ -191,7 +186,7 @@ def plan_line_states(records: Sequence[Record], out_dir: Path, sup: artifact.Sup
 def pretrain_from_shards(shards_dir: Path, out_dir: Path, *, expect: artifact.SupervisorRef | None = None,
                          sae_cfg: dict[str, Any] | None = None, seed: int = 0, progress: bool = True,
                          name: str | None = None) -> dict[str, Any]:
-    """Stage 1 on line states written by ``ptbot extract`` (``analyzer.shards``), no supervisor run.
+    """Stage 1 on line states written by ``ptbot extract`` (``lab.shards``), no supervisor run.
 
     The shards fix what ``pretrain`` would choose from its arguments (records, holdout,
     mutations, features, supervisor and layer); ``expect`` (the supervisor the caller asked
@@ -292,7 +287,7 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
          features_update: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 2: train the ranker and calibrator on labelled records; update ``model_dir``.
 
-    ``calibrate_on`` picks the logits the calibration map is fitted on (``ranker.held_out_logits``:
+    ``calibrate_on`` picks the logits the calibration map is fitted on (``ranker_training.held_out_logits``:
     ``cross-source`` trains one more ranker per source). ``version`` is recorded in the manifest
     (reports and scored lines name ``name@version``). ``keep_ranker`` keeps the bound ranker and only
     re-fits the map: the ranker's weights are not reproducible bit for bit on another machine (float
@@ -344,7 +339,7 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     ranker.eval()
     cal_logits, cal_labels, cal_info = held_out_logits(ranker, rank_train, rank_dev, calibrate_on,
                                                        progress=progress, unseen=unseen)
-    calib = Calibrator.fit_files([x.numpy() for x in cal_logits], [y.numpy() for y in cal_labels], method=calibration)
+    calib = fit_calibrator([x.numpy() for x in cal_logits], [y.numpy() for y in cal_labels], calibration)
     base_rate = float(torch.cat([s.labels for s in train]).mean())
     dev_metrics = evaluate(predictions(ranker, calib, dev), base_rate=base_rate, n_boot=200, seed=seed)
     if not keep_ranker:

@@ -2,7 +2,7 @@
 
 - ``length``: the line's token count (longest line first). Under the token-weighted Top-K hit
   rate this is the strongest trivial baseline, because long buggy lines carry more weight.
-- ``random``: every line tied. ``analyzer.metrics`` resolves ties by the expectation over all
+- ``random``: every line tied. ``lab.metrics`` resolves ties by the expectation over all
   orderings, so a constant score *is* the exact expectation of the paper's 50 shuffles.
 - ``uncertainty``: mean token log-probability of the line under the full supervisor, least
   confident first (score = minus the mean log-prob).
@@ -12,7 +12,7 @@
   up to t))``; a line's feature vector is the ratio averaged over the line's tokens; a logistic
   regression (the paper's classifier) or a small MLP scores lines pointwise.
 
-The probe (the ranker on raw states) and PtTrust itself live in ``analyzer.evaluate``, because
+The probe (the ranker on raw states) and PtTrust itself live in ``lab.evaluate``, because
 they share the ranker training code there.
 
 One full-model forward per text gives both the log-probs and the attention ratios; the result is

@@ -6,7 +6,7 @@ made it, a reviewer's feedback by the head it was given on) and split at a cut:
 
 - **fit**: every record at or before the cut (real fixes, mutations of clean code, feedback,
   plus any seed data): a new version of HOME, a copy of the serving one (same supervisor and
-  SAE), gets a new ranker and calibration from ``analyzer.train.bind`` on them;
+  SAE), gets a new ranker and calibration from ``lab.train.bind`` on them;
 - **forward slice**: the real fixes (and feedback) after the cut. Mutations made after the cut
   are not used: they would measure the mutator, not the repository's next bugs.
 
@@ -14,7 +14,7 @@ The serving version, the candidate and the ``length`` baseline (longest line fir
 probability a Platt map fitted on the fit records) are scored on the same forward slice with the
 ``ptbot eval`` metrics, overall and per language, with Top-K curves. The candidate serves only
 when it beats the serving version on the gate's metric by at least ``min_gain``
-(``analyzer.rebind.decide``); either way the comparison is written into the candidate's manifest
+(``lab.rebind.decide``); either way the comparison is written into the candidate's manifest
 (``gate``), so ``ptbot model list`` shows it and a refusal can be inspected.
 
 Training side only: nothing that scores pull requests imports this module.
@@ -34,14 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from analyzer import artifact, train, versions
-from analyzer.calibrate import DEFAULT_METHOD, Calibrator
+from analyzer import artifact, versions
 from analyzer.features import StateCache
-from analyzer.metrics import SnippetPrediction, evaluate, topk_hit_rate
-from analyzer.ranker import DEFAULT_CALIBRATE_ON
-from analyzer.rebind import GateConfig, decide, version_predictions
 from analyzer.supervisor import Supervisor
 from analyzer.types import Record
+from lab import train
+from lab.calibration_fit import DEFAULT_METHOD, fit_calibrator
+from lab.metrics import SnippetPrediction, evaluate, topk_hit_rate
+from lab.ranker_training import DEFAULT_CALIBRATE_ON
+from lab.rebind import GateConfig, decide, version_predictions
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class AdaptConfig:
     min_gain: float = 0.02
     """The candidate must beat the serving version by at least this much on ``metric``."""
     metric: str = "top1"
-    """Metric of ``analyzer.metrics.evaluate`` that decides: top1/3/5, auroc, bss, brier, ece."""
+    """Metric of ``lab.metrics.evaluate`` that decides: top1/3/5, auroc, bss, brier, ece."""
     seed: int = 0
     """Seed of bind's dev split, the ranker's initialisation and the bootstrap."""
     dev_fraction: float = 0.2
@@ -69,7 +70,7 @@ class AdaptConfig:
     calibration: str = DEFAULT_METHOD
     """Calibration method of the candidate (``analyzer.calibrate``)."""
     calibrate_on: str = DEFAULT_CALIBRATE_ON
-    """Logits the candidate's map is fitted on (``ranker.held_out_logits``)."""
+    """Logits the candidate's map is fitted on (``ranker_training.held_out_logits``)."""
     n_boot: int = 200
     """Bootstrap replicates for the confidence intervals of the forward-slice metrics."""
     max_k: int = 10
@@ -144,7 +145,7 @@ class AdaptResult:
     reason: str
     results: dict[str, dict[str, dict[str, Any]]]
     """``{slice: {method: metrics}}``: the whole forward slice first, then one slice per language;
-    metrics as ``analyzer.metrics.evaluate`` plus ``topk_curve`` (K = 1..max_k)."""
+    metrics as ``lab.metrics.evaluate`` plus ``topk_curve`` (K = 1..max_k)."""
     reused: bool = False
     """True when HOME already held an adaptation on the very same inputs (nothing was trained)."""
 
@@ -198,8 +199,7 @@ def _finite(x: float) -> float | None:
 
 def _length(fit: Sequence[SnippetPrediction], test: Sequence[SnippetPrediction]) -> list[SnippetPrediction]:
     """Longest line first; P(buggy) a Platt map in log token count fitted on the fit records."""
-    platt = Calibrator.fit_files([np.log1p(p.tokens.astype(float)) for p in fit], [p.labels for p in fit],
-                                 method="platt")
+    platt = fit_calibrator([np.log1p(p.tokens.astype(float)) for p in fit], [p.labels for p in fit], "platt")
     return [SnippetPrediction(scores=p.tokens.astype(float), labels=p.labels, tokens=p.tokens,
                               probabilities=platt.predict(np.log1p(p.tokens.astype(float))), group=p.group)
             for p in test]
