@@ -6,7 +6,8 @@ made it, a reviewer's feedback by the head it was given on) and split at a cut:
 
 - **fit**: every record at or before the cut (real fixes, mutations of clean code, feedback,
   plus any seed data): a new version of HOME, a copy of the serving one (same supervisor and
-  SAE), gets a new ranker and calibration from ``lab.train.bind`` on them;
+  SAE), gets the serving ranker fine-tuned on them (or, with ``fine_tune=False``, a new ranker)
+  and a new calibration from ``lab.train.bind``;
 - **forward slice**: the real fixes (and feedback) after the cut. Mutations made after the cut
   are not used: they would measure the mutator, not the repository's next bugs.
 
@@ -76,12 +77,23 @@ class AdaptConfig:
     max_k: int = 10
     """Top-K curves run from K=1 to this."""
     ranker: dict[str, Any] = field(default_factory=dict)
-    """Ranker settings over the defaults (``analyzer.ranker.RankerConfig`` fields)."""
+    """Ranker settings over the serving ranker's (fine-tuning) or the defaults (from scratch):
+    ``analyzer.ranker.RankerConfig`` fields."""
+    fine_tune: bool = True
+    """Continue training the serving version's ranker on the repository's records (kept as it is
+    unless that beats it on the fit side's dev problems) instead of training a new ranker on them
+    alone: a few hundred fixes of one repository are too few to relearn what the default model
+    learned from many, but enough to move it toward this repository's bugs."""
+    fine_tune_lr: float = 3e-4
+    """Learning rate of fine-tuning (a third of a new ranker's), so the first epochs stay near
+    the serving ranker; ``ranker["lr"]`` overrides it."""
 
     def __post_init__(self) -> None:
         # The gate's own checks (metric, margin, fractions, calibration) apply unchanged.
         GateConfig(min_gain=self.min_gain, metric=self.metric, seed=self.seed, dev_fraction=self.dev_fraction,
                    calibration=self.calibration, calibrate_on=self.calibrate_on, n_boot=self.n_boot)
+        if not self.fine_tune_lr > 0:
+            raise ValueError(f"fine_tune_lr must be > 0, got {self.fine_tune_lr}")
         if self.max_k < 3:
             raise ValueError(f"max_k must be at least 3 (the table reports Top-3), got {self.max_k}")
 
@@ -243,9 +255,10 @@ def adapt_home(sup: Supervisor, home: Path | str, split: ForwardSplit, *, reposi
              len(fit), len(seed_records), len(split.test), ", ".join(languages))
     cand = versions.new_version_dir(home)
     try:
-        train.bind(sup, cand, fit, ranker_cfg=cfg.ranker or None, dev_fraction=cfg.dev_fraction,
+        ranker_cfg = {"lr": cfg.fine_tune_lr, **cfg.ranker} if cfg.fine_tune else dict(cfg.ranker)
+        train.bind(sup, cand, fit, ranker_cfg=ranker_cfg or None, dev_fraction=cfg.dev_fraction,
                    seed=cfg.seed, calibration=cfg.calibration, calibrate_on=cfg.calibrate_on,
-                   progress=progress, cache=cache)
+                   progress=progress, cache=cache, warm_start=cfg.fine_tune)
         kw = dict(cache=cache, progress=progress)
         fit_preds = version_predictions(sup, cand, fit, desc="fit", **kw) or []
         by_lang: dict[str, dict[str, list[SnippetPrediction]]] = {}

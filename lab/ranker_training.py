@@ -212,25 +212,40 @@ def _length_batches(slates: list[Slate], size: int, gen: torch.Generator, pool: 
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
-def train_ranker(cfg: RankerConfig, train: list[Slate], dev: list[Slate],
-                 progress: bool = True) -> tuple[RankerMLP, dict[str, Any]]:
+def train_ranker(cfg: RankerConfig, train: list[Slate], dev: list[Slate], progress: bool = True,
+                 init: RankerMLP | None = None) -> tuple[RankerMLP, dict[str, Any]]:
     """Train on ``train`` with early stopping on ``dev``; returns the best model (eval mode) and its history.
 
     The loss and early stopping see the MLP's own logits, without the length prior: trained with
     the prior, the MLP learned to cancel it and transferred worse (``RankerConfig.length_prior``).
 
+    ``init``: a trained ranker to continue from (fine-tuning; its architecture must be ``cfg``'s).
+    It is judged on ``dev`` before the first step, as epoch 0, so when no epoch of fine-tuning
+    beats it the starting weights come back unchanged: fine-tuning on a few hundred records can
+    only be chosen when it helps on held-out records of the same kind.
+
     Deterministic for a given seed: the global RNG is forked, so callers' random state is untouched.
     History: ``{"epochs": [{"epoch", "train_loss", "dev_loss", "dev_top1"}...], "best_epoch",
-    "best_dev_loss", "best_dev_top1", "stopped_early"}`` (epochs count from 1).
+    "best_dev_loss", "best_dev_top1", "stopped_early"}`` (epochs count from 1; 0 is ``init``).
     """
     _check_splits(cfg, train, dev)
+    if init is not None and _architecture(init.cfg) != _architecture(cfg):
+        raise ValueError(f"train_ranker: init is a {_architecture(init.cfg)} ranker, cfg asks for "
+                         f"{_architecture(cfg)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         model = RankerMLP(cfg)
+        if init is not None:
+            model.load_state_dict(init.state_dict())
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         best_key, best_state, best_epoch, since_best = None, None, 0, 0
         epochs: list[dict[str, float]] = []
+        if init is not None:
+            start = evaluate_ranker(model, dev)
+            epochs.append({"epoch": 0, "train_loss": float("nan"), "dev_loss": start["loss"],
+                           "dev_top1": start["top1"]})
+            best_key, best_state = _dev_key(start), copy.deepcopy(model.state_dict())
         bar = tqdm(range(1, cfg.epochs + 1), disable=not progress, desc="ranker", unit="epoch")
         for epoch in bar:
             model.train()
@@ -258,11 +273,16 @@ def train_ranker(cfg: RankerConfig, train: list[Slate], dev: list[Slate],
         bar.close()
     model.load_state_dict(best_state)
     model.eval()
-    best = epochs[best_epoch - 1]
+    best = next(e for e in epochs if e["epoch"] == best_epoch)
     history = {"epochs": epochs, "best_epoch": best_epoch, "best_dev_loss": best["dev_loss"],
-               "best_dev_top1": best["dev_top1"], "stopped_early": len(epochs) < cfg.epochs}
+               "best_dev_top1": best["dev_top1"],
+               "stopped_early": sum(e["epoch"] > 0 for e in epochs) < cfg.epochs}
     logger.info("ranker: best epoch %d (dev top1 %.3f, loss %.4f)", best_epoch, best["dev_top1"], best["dev_loss"])
     return model, history
+
+
+def _architecture(cfg: RankerConfig) -> tuple[int, int, int]:
+    return cfg.d_in, cfg.hidden, cfg.layers
 
 
 CALIBRATE_ON = ("cross-source", "dev")

@@ -284,7 +284,7 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
          calibration: str = DEFAULT_METHOD, calibrate_on: str = DEFAULT_CALIBRATE_ON, progress: bool = True,
          cache: StateCache | None = None, version: str | None = None, keep_ranker: bool = False,
          ranker_sources: Sequence[str] | None = None,
-         features_update: dict[str, Any] | None = None) -> dict[str, Any]:
+         features_update: dict[str, Any] | None = None, warm_start: bool = False) -> dict[str, Any]:
     """Stage 2: train the ranker and calibrator on labelled records; update ``model_dir``.
 
     ``calibrate_on`` picks the logits the calibration map is fitted on (``ranker_training.held_out_logits``:
@@ -298,7 +298,9 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     records only fit the calibration map, scored by the ranker that never saw them, and every
     source's dev-side records give the dev metrics. ``features_update``: ``FeatureConfig`` fields
     to change before binding (e.g. ``{"inputs": "states", "declarations": True}``); the text
-    prefix is fixed by stage 1 and cannot change here.
+    prefix is fixed by stage 1 and cannot change here. ``warm_start``: fine-tune the ranker
+    ``model_dir`` already holds instead of training a new one (its settings, with ``ranker_cfg``
+    over them, e.g. a smaller ``lr``); it is kept as it is unless fine-tuning beats it on dev.
     """
     refuse_test_repositories(records)
     manifest = artifact.read_manifest(model_dir)
@@ -322,6 +324,11 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     if unknown:
         raise ValueError(f"no records of source(s) {', '.join(sorted(unknown))}; these records come from "
                          f"{', '.join(sorted({r.source for r in records}))}")
+    if warm_start and (keep_ranker or features_update):
+        raise ValueError("warm_start fine-tunes the bound ranker on its own features: "
+                         "it cannot be combined with keep_ranker or features_update")
+    if warm_start and not manifest.get("ranker"):
+        raise artifact.ArtifactError(f"{model_dir} has no ranker to fine-tune: bind it first")
     if keep_ranker:  # checked before the supervisor reads any code: a mismatch fails at once
         cfg, ranker, best_epoch = _bound_ranker(model_dir, manifest, ranker_cfg, len(train_recs), len(dev_recs),
                                                 dev_fraction, seed, sources)
@@ -332,7 +339,12 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     if not rank_train or not rank_dev:
         raise ValueError(f"the sources {sources} leave the ranker {len(rank_train)} train / {len(rank_dev)} dev "
                          "records; name more sources or pass more data")
-    if not keep_ranker:
+    if warm_start:
+        cfg = RankerConfig.from_dict({**manifest["ranker"], "seed": seed, **(ranker_cfg or {})})
+        ranker, history = train_ranker(cfg, rank_train, rank_dev, progress=progress,
+                                       init=load_ranker(model_dir, manifest["ranker"]))
+        best_epoch = history["best_epoch"]
+    elif not keep_ranker:
         cfg = RankerConfig(**{"d_in": train[0].features.shape[1], "seed": seed, **(ranker_cfg or {})})
         ranker, history = train_ranker(cfg, rank_train, rank_dev, progress=progress)
         best_epoch = history.get("best_epoch") if isinstance(history, dict) else None

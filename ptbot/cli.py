@@ -1038,15 +1038,17 @@ def rebind_cmd(ctx, data, home, feedback_db, repo, languages, holdout, metric, m
               help="Write the tables, Top-K curves (PNG, overall and per language) and report.html here.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Write {repository, cut, n_fit, n_test, promoted, version, results} here.")
+@click.option("--from-scratch", is_flag=True,
+              help="Train a new ranker on the fit records alone instead of fine-tuning the serving one.")
 @click.pass_context
 def adapt_cmd(ctx, repo, home, repository, until, holdout_months, rev, mutations, max_commits, languages,
               feedback_db, seed_data, base_model, metric, min_gain, dev_fraction, calibration, calibrate_on,
-              epochs, seed, report_dir, json_out):
+              epochs, seed, report_dir, json_out, from_scratch):
     """Train REPO's own model from its history and promote it only if it wins, forward in time.
 
     REPO (work tree, bare repository or clone URL) is mined for real fixes and mutations of its
     clean code; records up to the cut train a new version of the home (the serving version's SAE,
-    a new ranker and calibration); the fixes after the cut judge the serving version, the new one
+    its ranker fine-tuned on them, a new calibration); the fixes after the cut judge the serving version, the new one
     and `length` (longest line first). The new version serves only if it beats the serving one by
     --min-gain on --metric; otherwise it is kept as "refused". The table prints either way; exit
     code 0 either way. `ptbot model list|rollback --home HOME` shows and undoes promotions.
@@ -1077,7 +1079,7 @@ def adapt_cmd(ctx, repo, home, repository, until, holdout_months, rev, mutations
     try:
         cfg = AdaptConfig(min_gain=min_gain, metric=metric, seed=seed, dev_fraction=dev_fraction,
                           calibration=calibration, calibrate_on=calibrate_on,
-                          ranker={"epochs": epochs} if epochs else {})
+                          ranker={"epochs": epochs} if epochs else {}, fine_tune=not from_scratch)
         job = AdaptJob(repo=repo, home=Path(home), repository=repository or "", until=until,
                        holdout_months=holdout_months, rev=rev, mutations=mutations, max_commits=max_commits,
                        languages=tuple(_comma_list(languages) or ()), feedback_db=feedback_db,

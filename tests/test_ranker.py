@@ -194,6 +194,22 @@ def test_early_stopping_restores_best_weights():
     assert again["loss"] < epochs[-1]["dev_loss"]
 
 
+def test_fine_tuning_keeps_the_starting_ranker_unless_an_epoch_beats_it_on_dev():
+    cfg = RankerConfig(d_in=8, hidden=32, epochs=20, patience=20, dropout=0.0, lr=1e-2)
+    good, _ = train_ranker(cfg, _slates(24, seed=5), _slates(8, seed=6, prefix="d"), progress=False)
+    dev = _slates(8, seed=7, prefix="e")
+    # Fine-tuning data that teaches the opposite: every epoch is worse on dev than the start.
+    model, history = train_ranker(cfg, _slates(24, seed=8, flip=True), dev, progress=False, init=good)
+    assert history["epochs"][0]["epoch"] == 0 and history["best_epoch"] == 0
+    for p1, p2 in zip(model.parameters(), good.parameters()):
+        torch.testing.assert_close(p1, p2, rtol=0, atol=0)
+    # Data of the same kind: it may move, and whatever it returns is at least as good on dev.
+    tuned, history = train_ranker(cfg, _slates(24, seed=9), dev, progress=False, init=good)
+    assert history["best_dev_top1"] >= history["epochs"][0]["dev_top1"]
+    with pytest.raises(ValueError, match="init is a"):
+        train_ranker(replace(cfg, hidden=16), _slates(4), dev, progress=False, init=good)
+
+
 def test_save_load_round_trip(tmp_path):
     cfg = RankerConfig(d_in=8, epochs=2, patience=2)
     model, _ = train_ranker(cfg, _slates(8), _slates(4, seed=5, prefix="d"), progress=False)
