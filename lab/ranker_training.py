@@ -15,7 +15,7 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -216,6 +216,34 @@ def train_ranker(cfg: RankerConfig, train: list[Slate], dev: list[Slate], progre
                  init: RankerMLP | None = None) -> tuple[RankerMLP, dict[str, Any]]:
     """Train on ``train`` with early stopping on ``dev``; returns the best model (eval mode) and its history.
 
+    Each of ``cfg.members`` MLPs is trained on its own (``_train_member``, seed ``cfg.seed + k``,
+    fine-tuned from ``init``'s member k when given); the history is member 0's, with every
+    member's under ``"members"`` and ``"best_epoch"`` the list of their best epochs.
+    """
+    if init is not None and _architecture(init.cfg) != _architecture(cfg):
+        raise ValueError(f"train_ranker: init is a {_architecture(init.cfg)} ranker, cfg asks for "
+                         f"{_architecture(cfg)}")
+    one = replace(cfg, members=1)
+    with torch.random.fork_rng(devices=[]):  # the container's own initialisation is overwritten below
+        model, histories = RankerMLP(cfg), []
+    for k, member in enumerate(model.members):
+        start = None
+        if init is not None:
+            start = RankerMLP(one)
+            start.members[0].load_state_dict(init.members[k].state_dict())
+        trained, history = _train_member(replace(one, seed=cfg.seed + k), train, dev, progress, start)
+        member.load_state_dict(trained.members[0].state_dict())
+        histories.append(history)
+    model.eval()
+    if cfg.members == 1:
+        return model, histories[0]
+    return model, {**histories[0], "best_epoch": [h["best_epoch"] for h in histories], "members": histories}
+
+
+def _train_member(cfg: RankerConfig, train: list[Slate], dev: list[Slate], progress: bool = True,
+                  init: RankerMLP | None = None) -> tuple[RankerMLP, dict[str, Any]]:
+    """One MLP (``cfg.members == 1``): the best epoch on ``dev`` (eval mode) and its history.
+
     The loss and early stopping see the MLP's own logits, without the length prior: trained with
     the prior, the MLP learned to cancel it and transferred worse (``RankerConfig.length_prior``).
 
@@ -229,9 +257,6 @@ def train_ranker(cfg: RankerConfig, train: list[Slate], dev: list[Slate], progre
     "best_dev_loss", "best_dev_top1", "stopped_early"}`` (epochs count from 1; 0 is ``init``).
     """
     _check_splits(cfg, train, dev)
-    if init is not None and _architecture(init.cfg) != _architecture(cfg):
-        raise ValueError(f"train_ranker: init is a {_architecture(init.cfg)} ranker, cfg asks for "
-                         f"{_architecture(cfg)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -281,8 +306,8 @@ def train_ranker(cfg: RankerConfig, train: list[Slate], dev: list[Slate], progre
     return model, history
 
 
-def _architecture(cfg: RankerConfig) -> tuple[int, int, int]:
-    return cfg.d_in, cfg.hidden, cfg.layers
+def _architecture(cfg: RankerConfig) -> tuple[int, int, int, int]:
+    return cfg.d_in, cfg.hidden, cfg.layers, cfg.members
 
 
 CALIBRATE_ON = ("cross-source", "dev")

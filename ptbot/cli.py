@@ -154,6 +154,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
       ptbot pretrain DATA.jsonl... --out MODEL_DIR     stage 1: contrastive sparse autoencoder
       ptbot bind DATA.jsonl... --model MODEL_DIR       stage 2: ranker + calibration
       ptbot eval TEST.jsonl... --train TRAIN.jsonl     compare with every baseline
+      ptbot recipe CARD --shared DIR --out MODEL_DIR   rebuild the default model from its data card
     \b
     Run it for a team:
       ptbot serve / ptbot worker                       GitHub App (webhook + Celery workers)
@@ -422,6 +423,8 @@ _calibrate_on_option = click.option(
 @click.option("--length-prior", type=click.FloatRange(min=0),
               help="Weight of the longest-line prior added to the ranker's scores (default 6, chosen on "
                    "mined non-Python fixes; 0 = the ranker alone). See docs/model-card.md.")
+@click.option("--members", type=click.IntRange(min=1),
+              help="MLPs trained apart (seeds SEED, SEED+1, ...) whose logits are averaged (default 1).")
 @click.option("--inputs", type=click.Choice(["sae", "states"]),
               help="What the ranker reads per line: the SAE's latents, or the supervisor's raw states (the SAE "
                    "then only explains lines). Default: what the model was pretrained with (sae).")
@@ -444,11 +447,12 @@ _calibrate_on_option = click.option(
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
 def bind(ctx, data, model_dir, languages, dev_fraction, calibration, calibrate_on, temperature, epochs, length_prior,
-         inputs, declarations, prior_skips_declarations, model_version, ranker_sources, keep_ranker, feedback_db, seed):
+         members, inputs, declarations, prior_skips_declarations, model_version, ranker_sources, keep_ranker, feedback_db, seed):
     """Stage 2: train the ranker (NeuralNDCG + pointwise head) and calibrate it on DATA."""
     if feedback_db:
-        if temperature is not None or length_prior is not None or model_version or keep_ranker or ranker_sources:
-            raise _fail("--temperature, --length-prior, --version, --ranker-sources and --keep-ranker are not used "
+        if (temperature is not None or length_prior is not None or members is not None or model_version
+                or keep_ranker or ranker_sources):
+            raise _fail("--temperature, --length-prior, --members, --version, --ranker-sources and --keep-ranker are not used "
                         "with --feedback-db (a re-bind keeps the serving model's ranker sources)")
         return ctx.invoke(rebind_cmd, data=data, home=model_dir, feedback_db=feedback_db, repo=None,
                           languages=languages, holdout=0.3, metric="top1", min_gain=0.0,
@@ -465,6 +469,7 @@ def bind(ctx, data, model_dir, languages, dev_fraction, calibration, calibrate_o
         raise _fail(str(e)) from e
     sup = _load_supervisor(_settings(ctx), manifest["supervisor"]["model"], manifest["supervisor"]["layer"])
     rcfg = {k: v for k, v in {"temperature": temperature, "epochs": epochs, "length_prior": length_prior,
+                              "members": members,
                               "prior_skips_declarations": prior_skips_declarations}.items() if v is not None}
     fupdate = {k: v for k, v in {"inputs": inputs, "declarations": declarations}.items() if v is not None}
     try:
@@ -580,6 +585,48 @@ def corpus_build(card, out_dir, repos_dir, reserved_dir):
         click.echo(f"{split}: {total:,} records (" + ", ".join(f"{k} {v['records']}" for k, v in langs.items())
                    + ")", err=True)
     click.echo(f"wrote {out_dir}", err=True)
+
+
+@cli.command("recipe")
+@click.argument("card", type=click.Path(exists=True, dir_okay=False))
+@click.option("--shared", "shared_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="The shared data directory: the reserved-project lists the corpus is checked against and "
+                   "the Python benchmark sets the ranker also trains on.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Model directory to write (e.g. analyzer/default_model).")
+@click.option("--corpus", "corpus_dir", default="corpus", show_default=True, type=click.Path(file_okay=False),
+              help="Where the corpus is built (kept: rerun to resume; `ptbot eval` reads its splits).")
+@click.option("--repos", "repos_dir", type=click.Path(file_okay=False, exists=True),
+              help="Directory of local clones (OWNER+NAME/repo or OWNER/NAME) instead of cloning each URL.")
+@click.option("--version", "model_version", required=True, help="Version recorded in the manifest.")
+@click.pass_context
+def recipe_cmd(ctx, card, shared_dir, out_dir, corpus_dir, repos_dir, model_version):
+    """Rebuild the default model from its data CARD: build the corpus, then train the recipe on it.
+
+    The recipe (supervisor, layer, ranker inputs, length prior, ensemble size...) is
+    `lab.recipe.Recipe`; every choice in it was made on the corpus's validation repositories, and
+    the manifest records it. On two CPU cores the first run reads about 1,400 snippets (~25 min);
+    the line-state cache makes a rerun cheap.
+
+    \b
+      ptbot recipe data/corpus-card.json --shared ../shared/data --repos ~/src --out analyzer/default_model --version 0.8.0
+    """
+    from analyzer.artifact import ArtifactError
+    from lab.recipe import Recipe, build
+    from miners.corpus import Card, CorpusError
+    from miners.corpus import build as build_corpus
+
+    recipe = Recipe()
+    try:
+        build_corpus(Card.load(Path(card)), Path(corpus_dir), reserved_dir=Path(shared_dir),
+                     repos_dir=Path(repos_dir) if repos_dir else None, progress=True,
+                     log=lambda msg: click.echo(msg, err=True))
+        sup = _load_supervisor(_settings(ctx), recipe.supervisor, recipe.layer)
+        build(recipe, sup, Path(corpus_dir), Path(shared_dir), Path(out_dir), version=model_version,
+              cache=_state_cache(ctx, sup))
+    except (CorpusError, ArtifactError, FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from e
+    click.echo(f"wrote {out_dir} (version {model_version})", err=True)
 
 
 # ------------------------------------------------------------------------------- GitHub App

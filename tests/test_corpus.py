@@ -168,3 +168,35 @@ def test_test_repository_records_never_train_select_or_calibrate(tmp_path, tiny_
     with pytest.raises(ValueError, match="test repositories"):
         run_eval(train, {"t": [rec(20, "test")]}, EvalConfig(methods=("length",)))
     refuse_test_repositories([rec(1, "train"), rec(2, "validation")])  # validation may select and calibrate
+
+
+def test_the_recipe_builds_a_model_from_the_card_that_scores(repos, reserved, tmp_path, tiny_model_dir):
+    """`lab.recipe.build` on a corpus built from a card: stage 1 on the training split, stage 2 on
+    it plus the shared Python sets; the manifest names the recipe, and the model scores code."""
+    from analyzer.score import RiskScorer
+    from analyzer.supervisor import Supervisor, SupervisorConfig
+    from lab.recipe import Recipe, build
+    from miners.corpus import build as build_corpus
+    from tests.conftest import SAMPLE_RECORDS
+
+    card = _card(repos, {"alpha": "train", "beta": "train", "gamma": "test"})
+    build_corpus(card, tmp_path / "corpus", reserved_dir=reserved, repos_dir=repos)
+    shutil.copy(SAMPLE_RECORDS, reserved / "humanevalpack-python.jsonl")
+    recipe = Recipe(supervisor=str(tiny_model_dir), layer=2, latents=32, members=2,
+                    extra_sets=("humanevalpack-python.jsonl",))
+    sup = Supervisor.load(SupervisorConfig(model=str(tiny_model_dir), layer=2, device="cpu",
+                                           cache_dir=tmp_path / "cache"))
+    manifest = build(recipe, sup, tmp_path / "corpus", reserved, tmp_path / "model", version="9.9.9",
+                     progress=False)
+    assert manifest["recipe"] == recipe.to_dict() and manifest["version"] == "9.9.9"
+    assert manifest["ranker"]["members"] == 2 and manifest["ranker"]["length_prior"] == recipe.length_prior
+    assert manifest["features"]["inputs"] == "states" and manifest["features"]["declarations"]
+    # the test repository's records never reached it: 2 corpus training records + 64 benchmark ones
+    assert manifest["ranker_training"]["train_records"] + manifest["ranker_training"]["dev_records"] == 66
+    assert not (tmp_path / "model" / "checkpoints").exists()
+    scorer = RiskScorer.load(tmp_path / "model", supervisor=SupervisorConfig(device="cpu", cache_dir=tmp_path / "c"))
+    lines = scorer.score(GOOD, language="python")
+    assert sorted(s.line for s in lines) == [1, 2, 3] and all(0 < s.probability < 1 for s in lines)
+    with pytest.raises(FileNotFoundError, match="quixbugs"):
+        build(Recipe(supervisor=str(tiny_model_dir), layer=2), sup, tmp_path / "corpus", reserved,
+              tmp_path / "other", version="0")

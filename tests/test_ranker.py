@@ -210,6 +210,23 @@ def test_fine_tuning_keeps_the_starting_ranker_unless_an_epoch_beats_it_on_dev()
         train_ranker(replace(cfg, hidden=16), _slates(4), dev, progress=False, init=good)
 
 
+def test_members_are_trained_apart_and_averaged(tmp_path):
+    cfg = RankerConfig(d_in=8, hidden=16, epochs=8, patience=8, members=3, seed=4)
+    train, dev = _slates(16, seed=10), _slates(6, seed=11, prefix="d")
+    model, history = train_ranker(cfg, train, dev, progress=False)
+    assert len(model.members) == 3 and len(history["members"]) == 3 and len(history["best_epoch"]) == 3
+    # member k is the single MLP that seed + k trains
+    alone, _ = train_ranker(RankerConfig(d_in=8, hidden=16, epochs=8, patience=8, seed=5), train, dev, progress=False)
+    for p1, p2 in zip(model.members[1].parameters(), alone.members[0].parameters()):
+        torch.testing.assert_close(p1, p2, rtol=0, atol=0)
+    x = dev[0].features
+    each = torch.stack([m(x).squeeze(-1) for m in model.members])
+    torch.testing.assert_close(model.mlp_logits(x), each.mean(0))
+    save_ranker(model, tmp_path)
+    again = load_ranker(tmp_path, cfg.to_dict())
+    torch.testing.assert_close(again.mlp_logits(x), model.mlp_logits(x))
+
+
 def test_save_load_round_trip(tmp_path):
     cfg = RankerConfig(d_in=8, epochs=2, patience=2)
     model, _ = train_ranker(cfg, _slates(8), _slates(4, seed=5, prefix="d"), progress=False)
