@@ -80,6 +80,11 @@ class Selection:
     """At most this many records per repository, by split (a seeded sample)."""
     seed: int = 0
     """Seed of the per-repository sample."""
+    more_train: int = 0
+    """Up to this many more records per training repository, on top of its ``per_repo`` sample:
+    the rest of its kept records (in id order) shuffled by one ``Random(seed)`` that visits the
+    training repositories in name order. A corpus grown this way still holds the smaller one, so
+    its line states stay in the cache and its choices stay comparable."""
 
 
 @dataclass(frozen=True)
@@ -214,6 +219,7 @@ def select(mined: dict[str, list[dict[str, Any]]], card: Card) -> tuple[dict[str
     shared = {k for k, v in owners.items() if len(v) > 1}
     splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
     per_repo: dict[str, dict[str, int]] = {}
+    rest: dict[str, list[dict]] = {}
     for r in card.repositories:
         seen: set[str] = set()
         unique = []
@@ -233,6 +239,18 @@ def select(mined: dict[str, list[dict[str, Any]]], card: Card) -> tuple[dict[str
             rec["meta"] = {**rec["meta"], "split": r.split, "family": r.family}
         splits[r.split].extend(sample)
         per_repo[r.name] = {"mined": len(mined.get(r.name, [])), "kept": len(unique), "sampled": len(sample)}
+        rest[r.name] = [u for u in unique if u["id"] not in {x["id"] for x in sample}]
+    if sel.more_train:
+        rng = random.Random(sel.seed)
+        by_name = {r.name: r for r in card.repositories}
+        for name in sorted(n for n, r in by_name.items() if r.split == "train"):
+            more = rest[name]
+            rng.shuffle(more)
+            more = sorted(more[:sel.more_train], key=lambda x: x["id"])
+            for rec in more:
+                rec["meta"] = {**rec["meta"], "split": "train", "family": by_name[name].family}
+            splits["train"].extend(more)
+            per_repo[name]["sampled"] += len(more)
     return splits, {"rejected": dict(reasons.most_common()), "per_repo": per_repo}
 
 

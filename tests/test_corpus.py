@@ -200,3 +200,34 @@ def test_the_recipe_builds_a_model_from_the_card_that_scores(repos, reserved, tm
     with pytest.raises(FileNotFoundError, match="quixbugs"):
         build(Recipe(supervisor=str(tiny_model_dir), layer=2), sup, tmp_path / "corpus", reserved,
               tmp_path / "other", version="0")
+
+
+def test_more_train_grows_the_training_split_around_the_smaller_corpus(tmp_path, reserved):
+    """``more_train`` adds records to training repositories only, keeping the smaller corpus whole."""
+    from miners.corpus import build
+
+    root = tmp_path / "repos" / "acme+many"
+    root.mkdir(parents=True)
+    git(root, "init", "-q")
+    bodies = [f"def f{i}(x):\n    y = x + {i}\n    return y\n" for i in range(6)]
+    for i, body in enumerate(bodies):
+        write(root, f"src/m{i}.py", body.replace("x + ", "x - "))
+    commit(root, "initial import")
+    for i, body in enumerate(bodies):
+        write(root, f"src/m{i}.py", body)
+        commit(root, f"Fix sign in f{i}")
+    repos = tmp_path / "repos"
+    head = git(root, "rev-parse", "HEAD")
+
+    def corpus(more: int, out: str) -> dict[str, list[dict]]:
+        card = Card("many", (CardRepo("acme/many", "https://example.invalid/acme/many", head, "MIT", "Python",
+                                      "train"),),
+                    {"mutations": 0}, Selection(per_repo={"train": 2, "validation": 2, "test": 2}, more_train=more))
+        build(card, tmp_path / out, reserved_dir=reserved, repos_dir=repos)
+        return {s: _jsonl(tmp_path / out / f"{s}.jsonl") for s in ("train", "validation", "test")}
+
+    small, grown = corpus(0, "small"), corpus(2, "grown")
+    assert len(small["train"]) == 2 and len(grown["train"]) == 4
+    assert {r["id"] for r in small["train"]} < {r["id"] for r in grown["train"]}
+    assert all(r["meta"]["split"] == "train" for r in grown["train"])
+    assert corpus(2, "again") == grown
