@@ -36,6 +36,10 @@ class Recipe:
     0.205/0.234/0.217/0.234 (two seeds each); 6 costs half of 12 to read."""
     latents: int = 1792
     """SAE dictionary size (2x the states' width); the SAE names a line's over-active latents."""
+    sae_sample_only: bool = True
+    """Stage 1 reads only the per-repository sample of the training split (not the records that
+    ``selection.more_train`` adds): the SAE only explains lines here, and reading the fixed
+    version of every record would double the cost of a rebuild for no ranking gain."""
     sae_mutations: int = 0
     """Mutated copies per corpus snippet for the SAE's contrastive pairs (real fixes pair already)."""
     extra_sets: tuple[str, ...] = ("humanevalpack-python.jsonl", "quixbugs-python.jsonl")
@@ -81,7 +85,8 @@ def build(recipe: Recipe, sup: Supervisor, corpus_dir: Path, shared_dir: Path, o
     if sup.layer != recipe.layer:
         raise ValueError(f"the supervisor reads layer {sup.layer}; the recipe asks for layer {recipe.layer}")
     files = training_files(recipe, corpus_dir, shared_dir)
-    corpus = load_records(files[:len(SPLIT_FILES)])
+    corpus = [r for r in load_records(files[:len(SPLIT_FILES)])
+              if not (recipe.sae_sample_only and r.meta.get("more_train"))]
     fit: Sequence = load_records(files)
     features = FeatureConfig(inputs=recipe.inputs, declarations=recipe.declarations)
     train.pretrain(sup, corpus, Path(out_dir), sae_cfg={"n_latents": recipe.latents}, features=features,

@@ -84,7 +84,8 @@ class Selection:
     """Up to this many more records per training repository, on top of its ``per_repo`` sample:
     the rest of its kept records (in id order) shuffled by one ``Random(seed)`` that visits the
     training repositories in name order. A corpus grown this way still holds the smaller one, so
-    its line states stay in the cache and its choices stay comparable."""
+    its line states stay in the cache and its choices stay comparable; these records carry
+    ``meta.more_train``."""
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,7 @@ def select(mined: dict[str, list[dict[str, Any]]], card: Card) -> tuple[dict[str
             rng.shuffle(more)
             more = sorted(more[:sel.more_train], key=lambda x: x["id"])
             for rec in more:
-                rec["meta"] = {**rec["meta"], "split": "train", "family": by_name[name].family}
+                rec["meta"] = {**rec["meta"], "split": "train", "family": by_name[name].family, "more_train": True}
             splits["train"].extend(more)
             per_repo[name]["sampled"] += len(more)
     return splits, {"rejected": dict(reasons.most_common()), "per_repo": per_repo}

@@ -230,4 +230,5 @@ def test_more_train_grows_the_training_split_around_the_smaller_corpus(tmp_path,
     assert len(small["train"]) == 2 and len(grown["train"]) == 4
     assert {r["id"] for r in small["train"]} < {r["id"] for r in grown["train"]}
     assert all(r["meta"]["split"] == "train" for r in grown["train"])
+    assert [r["id"] for r in grown["train"] if not r["meta"].get("more_train")] == [r["id"] for r in small["train"]]
     assert corpus(2, "again") == grown
