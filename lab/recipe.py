@@ -10,7 +10,6 @@ made on the corpus's validation repositories; the manifest records the recipe it
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -79,24 +78,31 @@ def training_files(recipe: Recipe, corpus_dir: Path, shared_dir: Path) -> list[P
 
 def build(recipe: Recipe, sup: Supervisor, corpus_dir: Path, shared_dir: Path, out_dir: Path, *,
           version: str, name: str = "ptbot-default", cache: StateCache | None = None,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, keep_sae: bool = False) -> dict[str, Any]:
     """Stage 1 on the corpus's training split, stage 2 on it plus the benchmark sets; the manifest
-    of ``out_dir`` records ``recipe``. ``sup`` must be ``recipe.supervisor`` at ``recipe.layer``."""
+    of ``out_dir`` records ``recipe``. ``sup`` must be ``recipe.supervisor`` at ``recipe.layer``.
+    ``keep_sae``: ``out_dir`` already holds this recipe's stage 1 (same supervisor, layer and
+    training sample); only stage 2 runs."""
     if sup.layer != recipe.layer:
         raise ValueError(f"the supervisor reads layer {sup.layer}; the recipe asks for layer {recipe.layer}")
     files = training_files(recipe, corpus_dir, shared_dir)
-    corpus = [r for r in load_records(files[:len(SPLIT_FILES)])
-              if not (recipe.sae_sample_only and r.meta.get("more_train"))]
-    fit: Sequence = load_records(files)
-    features = FeatureConfig(inputs=recipe.inputs, declarations=recipe.declarations)
-    train.pretrain(sup, corpus, Path(out_dir), sae_cfg={"n_latents": recipe.latents}, features=features,
-                   mutations=recipe.sae_mutations, seed=recipe.seed, progress=progress, cache=cache, name=name)
+    if keep_sae:
+        sae = artifact.read_manifest(Path(out_dir)).get("sae") or {}
+        if sae.get("n_latents") not in (None, recipe.latents):
+            raise ValueError(f"{out_dir}'s SAE has {sae.get('n_latents')} latents; the recipe asks for {recipe.latents}")
+    else:
+        corpus = [r for r in load_records(files[:len(SPLIT_FILES)])
+                  if not (recipe.sae_sample_only and r.meta.get("more_train"))]
+        features = FeatureConfig(inputs=recipe.inputs, declarations=recipe.declarations)
+        train.pretrain(sup, corpus, Path(out_dir), sae_cfg={"n_latents": recipe.latents}, features=features,
+                       mutations=recipe.sae_mutations, seed=recipe.seed, progress=progress, cache=cache, name=name)
+        # Stage 1's resumable checkpoints are for an interrupted run, not part of the artifact.
+        shutil.rmtree(Path(out_dir) / "checkpoints", ignore_errors=True)
     ranker = {"length_prior": recipe.length_prior, "prior_skips_declarations": recipe.prior_skips_declarations,
               "members": recipe.members}
-    # Stage 1's resumable checkpoints are for an interrupted run, not part of the artifact.
-    shutil.rmtree(Path(out_dir) / "checkpoints", ignore_errors=True)
-    train.bind(sup, Path(out_dir), fit, ranker_cfg=ranker, seed=recipe.seed, progress=progress, cache=cache,
-               version=version)
+    train.bind(sup, Path(out_dir), load_records(files), ranker_cfg=ranker, seed=recipe.seed, progress=progress,
+               cache=cache, version=version,
+               features_update={"inputs": recipe.inputs, "declarations": recipe.declarations})
     manifest = {k: v for k, v in artifact.read_manifest(Path(out_dir)).items() if k not in ("format", "format_version")}
     manifest["recipe"] = recipe.to_dict()
     artifact.write_manifest(Path(out_dir), manifest)

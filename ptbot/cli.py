@@ -599,8 +599,10 @@ def corpus_build(card, out_dir, repos_dir, reserved_dir):
 @click.option("--repos", "repos_dir", type=click.Path(file_okay=False, exists=True),
               help="Directory of local clones (OWNER+NAME/repo or OWNER/NAME) instead of cloning each URL.")
 @click.option("--version", "model_version", required=True, help="Version recorded in the manifest.")
+@click.option("--keep-sae", is_flag=True,
+              help="--out already holds this recipe's SAE (stage 1): only train the ranker and its calibration.")
 @click.pass_context
-def recipe_cmd(ctx, card, shared_dir, out_dir, corpus_dir, repos_dir, model_version):
+def recipe_cmd(ctx, card, shared_dir, out_dir, corpus_dir, repos_dir, model_version, keep_sae):
     """Rebuild the default model from its data CARD: build the corpus, then train the recipe on it.
 
     The recipe (supervisor, layer, ranker inputs, length prior, ensemble size...) is
@@ -623,7 +625,7 @@ def recipe_cmd(ctx, card, shared_dir, out_dir, corpus_dir, repos_dir, model_vers
                      log=lambda msg: click.echo(msg, err=True))
         sup = _load_supervisor(_settings(ctx), recipe.supervisor, recipe.layer)
         build(recipe, sup, Path(corpus_dir), Path(shared_dir), Path(out_dir), version=model_version,
-              cache=_state_cache(ctx, sup))
+              cache=_state_cache(ctx, sup), keep_sae=keep_sae)
     except (CorpusError, ArtifactError, FileNotFoundError, ValueError) as e:
         raise _fail(str(e)) from e
     click.echo(f"wrote {out_dir} (version {model_version})", err=True)

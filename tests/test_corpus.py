@@ -175,6 +175,8 @@ def test_the_recipe_builds_a_model_from_the_card_that_scores(repos, reserved, tm
     it plus the shared Python sets; the manifest names the recipe, and the model scores code."""
     from analyzer.score import RiskScorer
     from analyzer.supervisor import Supervisor, SupervisorConfig
+    from dataclasses import replace
+
     from lab.recipe import Recipe, build
     from miners.corpus import build as build_corpus
     from tests.conftest import SAMPLE_RECORDS
@@ -197,6 +199,13 @@ def test_the_recipe_builds_a_model_from_the_card_that_scores(repos, reserved, tm
     scorer = RiskScorer.load(tmp_path / "model", supervisor=SupervisorConfig(device="cpu", cache_dir=tmp_path / "c"))
     lines = scorer.score(GOOD, language="python")
     assert sorted(s.line for s in lines) == [1, 2, 3] and all(0 < s.probability < 1 for s in lines)
+    sae = (tmp_path / "model" / "sae.safetensors").read_bytes()
+    again = build(replace(recipe, members=1), sup, tmp_path / "corpus", reserved, tmp_path / "model",
+                  version="9.9.10", progress=False, keep_sae=True)
+    assert again["ranker"]["members"] == 1 and (tmp_path / "model" / "sae.safetensors").read_bytes() == sae
+    with pytest.raises(ValueError, match="latents"):
+        build(replace(recipe, latents=64), sup, tmp_path / "corpus", reserved, tmp_path / "model", version="0",
+              progress=False, keep_sae=True)
     with pytest.raises(FileNotFoundError, match="quixbugs"):
         build(Recipe(supervisor=str(tiny_model_dir), layer=2), sup, tmp_path / "corpus", reserved,
               tmp_path / "other", version="0")
