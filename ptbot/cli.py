@@ -421,8 +421,9 @@ _calibrate_on_option = click.option(
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="NeuralNDCG temperature.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")
 @click.option("--length-prior", type=click.FloatRange(min=0),
-              help="Weight of the longest-line prior added to the ranker's scores (default 6, chosen on "
-                   "mined non-Python fixes; 0 = the ranker alone). See docs/model-card.md.")
+              help="Weight of the longest-line prior added to the ranker's scores (default 6; the default "
+                   "model's recipe uses 3, chosen on the corpus's validation repositories; 0 = the ranker "
+                   "alone). See docs/model-card.md.")
 @click.option("--members", type=click.IntRange(min=1),
               help="MLPs trained apart (seeds SEED, SEED+1, ...) whose logits are averaged (default 1).")
 @click.option("--inputs", type=click.Choice(["sae", "states"]),
