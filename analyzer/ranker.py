@@ -1,7 +1,7 @@
-"""Stage 2: a per-line MLP that turns one snippet's line features into risk logits.
+"""Stage 2: per-line MLPs that turn one snippet's line features into risk logits.
 
-Each line of a snippet is scored independently (``RankerMLP``: features -> one logit, higher =
-riskier), plus an optional fixed length prior. The model and its persistence live here, because
+Each line of a snippet is scored independently (``RankerMLP``: features -> one logit per member
+MLP, averaged; higher = riskier), plus an optional fixed length prior. The model and its persistence live here, because
 scoring runs it on every file; its training (NeuralNDCG over each snippet's lines with a
 pointwise BCE head on the same logit, so ``calibrate.Calibrator`` can turn the logit into a
 probability) is ``lab.ranker_training``.

@@ -40,8 +40,9 @@ from lab.ranker_training import Slate, _length_batches, _pad, ranker_loss, train
 from lab.records import load_records, problem_key, split_by_problem
 from analyzer.supervisor import Supervisor, SupervisorConfig, default_cache_dir
 
-FAM = {"python": "Py", "javascript": "JS", "typescript": "JS", "java": "Java", "kotlin": "Java", "go": "Go",
-       "c": "C", "cpp": "C", "rust": "Rust"}
+# Validation records carry their repository's family (``meta.family``, ``miners.corpus.FAMILIES``);
+# short names keep one row per variant readable.
+SHORT = {"Python": "Py", "JavaScript/TypeScript": "JS", "Java": "Java", "Go": "Go", "C/C++": "C", "Rust": "Rust"}
 FEAT = FeatureConfig(inputs="states", declarations=True, relative_shape=True)
 _SUP = None
 
@@ -139,8 +140,8 @@ def report(name, model_score, val):
             sc = model_score(s).numpy()
         p = SnippetPrediction(sc, s.labels.numpy().astype(int), s.tokens.numpy(), group=s.group)
         pl = SnippetPrediction(torch.log1p(s.tokens.float()).numpy(), s.labels.numpy().astype(int), s.tokens.numpy())
-        fam[FAM[r.language]].append(p)
-        famlen[FAM[r.language]].append(pl)
+        fam[SHORT[r.meta["family"]]].append(p)
+        famlen[SHORT[r.meta["family"]]].append(pl)
     row = {}
     for f in sorted(fam):
         ps = fam[f]

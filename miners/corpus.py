@@ -240,7 +240,8 @@ def select(mined: dict[str, list[dict[str, Any]]], card: Card) -> tuple[dict[str
             rec["meta"] = {**rec["meta"], "split": r.split, "family": r.family}
         splits[r.split].extend(sample)
         per_repo[r.name] = {"mined": len(mined.get(r.name, [])), "kept": len(unique), "sampled": len(sample)}
-        rest[r.name] = [u for u in unique if u["id"] not in {x["id"] for x in sample}]
+        sampled = {x["id"] for x in sample}
+        rest[r.name] = [u for u in unique if u["id"] not in sampled]
     if sel.more_train:
         rng = random.Random(sel.seed)
         by_name = {r.name: r for r in card.repositories}
