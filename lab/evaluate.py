@@ -14,14 +14,14 @@ The harness:
    spread under ``"seeds"``.
 
 Methods:
-- ``pttrust``: the ranker (NeuralNDCG + BCE, ``analyzer.ranker``) trained over the model
-  directory's SAE latents, trained and calibrated the way the model was bound: on its ranker
+- ``pttrust``: the ranker (NeuralNDCG + BCE, ``analyzer.ranker``) on the model directory's
+  features of the raw line states, trained and calibrated the way the model was bound: on its ranker
   sources only (``bind --ranker-sources``, since 0.6.0), its map (``centred`` since 0.4.0,
   ``analyzer.calibrate``) fitted on the logits ``ranker_training.held_out_logits`` names (each source
   scored by a ranker trained without it, since 0.5.0); with no training records, the model
   directory's shipped ranker and calibrator as they are;
-- ``probe``: the same ranker architecture and feature logic (per-snippet centring, shape
-  features, same calibration) on the raw hidden states of the same layer, i.e. without the SAE;
+- ``probe``: the same ranker, features and calibration without the length prior: what the
+  line states alone say (the paper's probing classifier);
 - ``lookback`` / ``lookback_mlp``, ``uncertainty``, ``length``, ``random``: ``lab.baselines``.
   Scores of methods that do not learn (length, uncertainty) are Platt-calibrated on the training
   lines so that they get a Brier score too; ``random`` predicts the training base rate.
@@ -43,7 +43,7 @@ import torch
 
 from analyzer import artifact
 from analyzer.calibrate import Calibrator
-from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, line_vectors, ranker_inputs
+from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, ranker_inputs
 from analyzer.ranker import RankerConfig, load_ranker
 from analyzer.sae import load_sae
 from analyzer.supervisor import Supervisor, SupervisorConfig, supervisor_ref
@@ -410,12 +410,11 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
 
     if model_dir is not None:
         loaded = open_model(model_dir, supervisor)
-        sup, sae, features, manifest = loaded.sup, loaded.sae, loaded.features, loaded.manifest
+        sup, features, manifest = loaded.sup, loaded.features, loaded.manifest
     else:
         if "pttrust" in cfg.methods:
             raise ValueError("pttrust needs --model (a directory with an SAE from `ptbot pretrain`)")
-        sup, sae, features, manifest = Supervisor.load(replace(supervisor, full=False)), None, FeatureConfig(), {}
-    _warn_sae_overlap(manifest, train, tests)
+        sup, features, manifest = Supervisor.load(replace(supervisor, full=False)), FeatureConfig(), {}
     cache = StateCache(cache_root, sup) if cache_root is not None else None
 
     train_r = read_records(sup, train, features, cache, cfg.progress, "reading code (train)")
@@ -464,15 +463,14 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
             log.info("evaluating %s (seed %d)", method, seed)
             if method == "pttrust" and train_r:
                 run = _ranker_method(method, seed, train_r, test_r,
-                                     lambda r: _sae_inputs(sae, r, features), ranker_cfg, cfg,
+                                     lambda r: _inputs(r, features), ranker_cfg, cfg,
                                      calibration=calibration, calibrate_on=calibrate_on,
                                      ranker_sources=ranker_sources)
             elif method == "pttrust":
                 run = _shipped_pttrust(loaded, test_r)
             elif method == "probe":
                 # The paper's probing classifier: the ranker alone, without the product's length prior.
-                run = _ranker_method(method, seed, train_r, test_r,
-                                     lambda r: ranker_inputs(r.snippet.states, r.snippet.lines, features),
+                run = _ranker_method(method, seed, train_r, test_r, lambda r: _inputs(r, features),
                                      {**ranker_cfg, "length_prior": 0.0}, cfg, calibration=calibration,
                                      calibrate_on=calibrate_on, ranker_sources=ranker_sources)
             elif method in ("lookback", "lookback_mlp"):
@@ -492,20 +490,10 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
     return EvalReport(results, runs, base_rate)
 
 
-def _warn_sae_overlap(manifest: dict[str, Any], train: Sequence[Record],
-                      tests: Mapping[str, Sequence[Record]]) -> None:
-    """Stage 1 learns from buggy/fixed pairs, so an SAE pretrained on the test files has seen them."""
-    sae_langs = set((manifest.get("sae_training") or {}).get("languages") or [])
-    test_langs = {r.language for rs in tests.values() for r in rs} - {r.language for r in train}
-    if sae_langs & test_langs:
-        log.warning("the model's SAE was pretrained on %s records and the test files contain that language: "
-                    "if the SAE's data included the test files, pttrust has seen their buggy/fixed pairs",
-                    ", ".join(sorted(sae_langs & test_langs)))
-
-
-def _sae_inputs(sae, r: Reading, features: FeatureConfig) -> torch.Tensor:
+def _inputs(r: Reading, features: FeatureConfig) -> torch.Tensor:
+    """The ranker's inputs for one reading's lines (``analyzer.features.ranker_inputs``)."""
     with torch.no_grad():
-        return ranker_inputs(line_vectors(sae, r.snippet.states, features), r.snippet.lines, features)
+        return ranker_inputs(r.snippet.states, r.snippet.lines, features)
 
 
 def _shipped_pttrust(loaded: LoadedModel, tests: Mapping[str, Sequence[Reading]]) -> MethodRun:
@@ -520,7 +508,7 @@ def _shipped_pttrust(loaded: LoadedModel, tests: Mapping[str, Sequence[Reading]]
         for ds, rs in tests.items():
             out = []
             for r in rs:
-                logits = _ranker_logits(ranker, _sae_inputs(loaded.sae, r, loaded.features), r)
+                logits = _ranker_logits(ranker, _inputs(r, loaded.features), r)
                 out.append(_prediction(r, logits, calib.predict(logits)))
             run.predictions[ds] = out
     return run

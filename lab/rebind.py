@@ -23,13 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from analyzer import artifact, versions
 from analyzer.calibrate import Calibrator
 from analyzer.features import FeatureConfig, StateCache
 from analyzer.ranker import load_ranker
-from analyzer.sae import load_sae
 from analyzer.supervisor import Supervisor, supervisor_ref
 from analyzer.types import Record
 from lab import train
@@ -127,10 +125,9 @@ def version_predictions(sup: Supervisor, model_dir: Path, records: Sequence[Reco
         return None
     artifact.check_supervisor(manifest, supervisor_ref(sup), model_dir)
     features = FeatureConfig.from_dict(manifest["features"])
-    sae = load_sae(model_dir, manifest["sae"]).to(torch.float32)
     ranker = load_ranker(model_dir, manifest["ranker"]).eval()
     calib = Calibrator.from_dict(manifest["calibration"])
-    slates = train.make_slates(sup, sae, records, features, progress,
+    slates = train.make_slates(sup, records, features, progress,
                                f"reading code ({desc}, {Path(model_dir).name})", cache)
     return train.predictions(ranker, calib, slates)
 

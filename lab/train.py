@@ -8,8 +8,8 @@ copies of every clean (fixed) snippet: a real swap of two lines, a line from ano
 deleted line (the next line is labelled). Every line of every text is an SAE training vector;
 the (correct line, buggy line) pairs feed the contrastive term.
 
-Stage 2: the SAE latents of each labelled snippet's lines -> ranker
-features -> MLP trained with NeuralNDCG + a pointwise BCE head, early-stopped on a dev split
+Stage 2 (the SAE only explains lines from then on): the line states of each labelled snippet ->
+ranker features (``analyzer.features.ranker_inputs``) -> MLPs trained with NeuralNDCG + a pointwise BCE head, early-stopped on a dev split
 grouped by problem; then a calibration map (``analyzer.calibrate``, ``centred`` by default) fitted
 file by file on held-out logits: by default each source's, scored by a ranker trained without that
 source (``ranker_training.held_out_logits``), else the dev split's.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,9 @@ import torch
 
 from analyzer import artifact
 from analyzer.calibrate import Calibrator
-from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, line_vectors, ranker_inputs
+from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, ranker_inputs
 from analyzer.ranker import RankerConfig, load_ranker, save_ranker
-from analyzer.sae import SAEConfig, load_sae, save_sae
+from analyzer.sae import SAEConfig, save_sae
 from analyzer.supervisor import Supervisor, supervisor_ref
 from analyzer.types import Record
 from lab import shards
@@ -219,27 +219,16 @@ def _labels(rec: Record, sn: SnippetLines) -> torch.Tensor:
     return torch.tensor([1.0 if s.line in bad else 0.0 for s in sn.lines])
 
 
-def snippet_features(sae, snippets: Sequence[SnippetLines], features: FeatureConfig) -> list[torch.Tensor]:
-    """Line states -> ranker inputs (through the SAE unless ``features.inputs`` is ``states``),
-    per snippet: list of (n_lines, n_inputs)."""
-    out = []
-    with torch.no_grad():
-        for sn in snippets:
-            out.append(ranker_inputs(line_vectors(sae, sn.states, features), sn.lines, features))
-    return out
-
-
-def make_slates(sup: Supervisor, sae, records: Sequence[Record], features: FeatureConfig,
+def make_slates(sup: Supervisor, records: Sequence[Record], features: FeatureConfig,
                 progress: bool, desc: str, cache: StateCache | None = None) -> list[Slate]:
-    """Labelled slates (one per record with at least one scorable line)."""
+    """Labelled slates (one per record with at least one scorable line) of ranker inputs."""
     snippets = extract(sup, [r.code for r in records], [r.language for r in records], features,
                        progress=progress, desc=desc, cache=cache)
-    feats = snippet_features(sae, snippets, features)
     slates = []
-    for rec, sn, f in zip(records, snippets, feats):
+    for rec, sn in zip(records, snippets):
         if not sn.lines:
             continue
-        slates.append(Slate(features=f, labels=_labels(rec, sn),
+        slates.append(Slate(features=ranker_inputs(sn.states, sn.lines, features), labels=_labels(rec, sn),
                             tokens=torch.tensor([s.n_tokens for s in sn.lines]),
                             group=problem_key(rec), source=rec.source))
     return slates
@@ -284,7 +273,7 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
          calibration: str = DEFAULT_METHOD, calibrate_on: str = DEFAULT_CALIBRATE_ON, progress: bool = True,
          cache: StateCache | None = None, version: str | None = None, keep_ranker: bool = False,
          ranker_sources: Sequence[str] | None = None,
-         features_update: dict[str, Any] | None = None, warm_start: bool = False) -> dict[str, Any]:
+         warm_start: bool = False) -> dict[str, Any]:
     """Stage 2: train the ranker and calibrator on labelled records; update ``model_dir``.
 
     ``calibrate_on`` picks the logits the calibration map is fitted on (``ranker_training.held_out_logits``:
@@ -296,9 +285,7 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     sizes), so that the dev metrics stay honest. ``ranker_sources``: the sources (``Record.source``)
     whose records train and early-stop the ranker (None = all); the other sources' training-side
     records only fit the calibration map, scored by the ranker that never saw them, and every
-    source's dev-side records give the dev metrics. ``features_update``: ``FeatureConfig`` fields
-    to change before binding (e.g. ``{"inputs": "states", "declarations": True}``); the text
-    prefix is fixed by stage 1 and cannot change here. ``warm_start``: fine-tune the ranker
+    source's dev-side records give the dev metrics. ``warm_start``: fine-tune the ranker
     ``model_dir`` already holds instead of training a new one (its settings, with ``ranker_cfg``
     over them, e.g. a smaller ``lr``); it is kept as it is unless fine-tuning beats it on dev.
     """
@@ -308,13 +295,6 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
         raise artifact.ArtifactError(f"{model_dir} has no SAE yet: run `ptbot pretrain` first")
     artifact.check_supervisor(manifest, supervisor_ref(sup), model_dir)
     features = FeatureConfig.from_dict(manifest["features"])
-    if features_update:
-        if "prefix" in features_update:
-            raise ValueError("the text prefix is fixed by stage 1 (pretrain); it cannot change at bind")
-        features = replace(features, **features_update)
-    if (ranker_cfg or {}).get("prior_skips_declarations") and not features.declarations:
-        raise ValueError("prior_skips_declarations reads the declaration column: bind with --declarations")
-    sae = load_sae(model_dir, manifest["sae"])
     train_recs, dev_recs = split_by_problem(records, dev_fraction, seed)
     if not train_recs or not dev_recs:
         raise ValueError(f"need records on both sides of the problem split (train {len(train_recs)}, "
@@ -324,16 +304,15 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     if unknown:
         raise ValueError(f"no records of source(s) {', '.join(sorted(unknown))}; these records come from "
                          f"{', '.join(sorted({r.source for r in records}))}")
-    if warm_start and (keep_ranker or features_update):
-        raise ValueError("warm_start fine-tunes the bound ranker on its own features: "
-                         "it cannot be combined with keep_ranker or features_update")
+    if warm_start and keep_ranker:
+        raise ValueError("warm_start fine-tunes the bound ranker: it cannot be combined with keep_ranker")
     if warm_start and not manifest.get("ranker"):
         raise artifact.ArtifactError(f"{model_dir} has no ranker to fine-tune: bind it first")
     if keep_ranker:  # checked before the supervisor reads any code: a mismatch fails at once
         cfg, ranker, best_epoch = _bound_ranker(model_dir, manifest, ranker_cfg, len(train_recs), len(dev_recs),
                                                 dev_fraction, seed, sources)
-    train = make_slates(sup, sae, train_recs, features, progress, "reading code (train)", cache)
-    dev = make_slates(sup, sae, dev_recs, features, progress, "reading code (dev)", cache)
+    train = make_slates(sup, train_recs, features, progress, "reading code (train)", cache)
+    dev = make_slates(sup, dev_recs, features, progress, "reading code (dev)", cache)
     rank_train, unseen = by_source(train, sources)
     rank_dev, _ = by_source(dev, sources)
     if not rank_train or not rank_dev:

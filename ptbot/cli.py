@@ -420,19 +420,15 @@ _calibrate_on_option = click.option(
 @_calibrate_on_option
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="NeuralNDCG temperature.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")
-@click.option("--length-prior", type=click.FloatRange(min=0),
-              help="Weight of the longest-line prior added to the ranker's scores (default 6; the default "
-                   "model's recipe uses 3, chosen on the corpus's validation repositories; 0 = the ranker "
-                   "alone). See docs/model-card.md.")
-@click.option("--members", type=click.IntRange(min=1),
-              help="MLPs trained apart (seeds SEED, SEED+1, ...) whose logits are averaged (default 1).")
-@click.option("--inputs", type=click.Choice(["sae", "states"]),
-              help="What the ranker reads per line: the SAE's latents, or the supervisor's raw states (the SAE "
-                   "then only explains lines). Default: what the model was pretrained with (sae).")
-@click.option("--declarations/--no-declarations", default=None,
-              help="Append a 0/1 column marking import and function/type header lines (default: as pretrained).")
-@click.option("--prior-skips-declarations", is_flag=True, default=None,
-              help="No length prior on declaration lines (needs --declarations).")
+# The defaults are analyzer.ranker.RankerConfig's (the shipped recipe's), spelled out so that
+# `--help` does not import torch (tests check that they agree).
+@click.option("--length-prior", default=3.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of the longest-line prior added to the ranker's scores (declaration lines get "
+                   "none). The default is the shipped recipe's, chosen on the corpus's validation "
+                   "repositories; 0 = the ranker alone.")
+@click.option("--members", default=5, show_default=True, type=click.IntRange(min=1),
+              help="MLPs trained apart (seeds SEED, SEED+1, ...) whose logits are averaged. The default is the "
+                   "shipped recipe's: averaging removes most of the spread between seeds.")
 @click.option("--version", "model_version", help="Version recorded in the manifest (default: the training time).")
 @click.option("--ranker-sources", metavar="SOURCE,...",
               help="Only records of these sources (their `source` field) train the ranker; the other "
@@ -448,11 +444,14 @@ _calibrate_on_option = click.option(
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
 def bind(ctx, data, model_dir, languages, dev_fraction, calibration, calibrate_on, temperature, epochs, length_prior,
-         members, inputs, declarations, prior_skips_declarations, model_version, ranker_sources, keep_ranker, feedback_db, seed):
+         members, model_version, ranker_sources, keep_ranker, feedback_db, seed):
     """Stage 2: train the ranker (NeuralNDCG + pointwise head) and calibrate it on DATA."""
     if feedback_db:
-        if (temperature is not None or length_prior is not None or members is not None or model_version
-                or keep_ranker or ranker_sources):
+        from click.core import ParameterSource
+
+        if (temperature is not None or model_version or keep_ranker or ranker_sources
+                or any(ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)
+                       for n in ("length_prior", "members"))):
             raise _fail("--temperature, --length-prior, --members, --version, --ranker-sources and --keep-ranker are not used "
                         "with --feedback-db (a re-bind keeps the serving model's ranker sources)")
         return ctx.invoke(rebind_cmd, data=data, home=model_dir, feedback_db=feedback_db, repo=None,
@@ -470,11 +469,9 @@ def bind(ctx, data, model_dir, languages, dev_fraction, calibration, calibrate_o
         raise _fail(str(e)) from e
     sup = _load_supervisor(_settings(ctx), manifest["supervisor"]["model"], manifest["supervisor"]["layer"])
     rcfg = {k: v for k, v in {"temperature": temperature, "epochs": epochs, "length_prior": length_prior,
-                              "members": members,
-                              "prior_skips_declarations": prior_skips_declarations}.items() if v is not None}
-    fupdate = {k: v for k, v in {"inputs": inputs, "declarations": declarations}.items() if v is not None}
+                              "members": members}.items() if v is not None}
     try:
-        manifest = run(sup, Path(model_dir), recs, ranker_cfg=rcfg, features_update=fupdate, dev_fraction=dev_fraction,
+        manifest = run(sup, Path(model_dir), recs, ranker_cfg=rcfg, dev_fraction=dev_fraction,
                        seed=seed, calibration=calibration, calibrate_on=calibrate_on, cache=_state_cache(ctx, sup),
                        version=model_version, keep_ranker=keep_ranker,
                        ranker_sources=_comma_list(ranker_sources))
@@ -606,7 +603,7 @@ def corpus_build(card, out_dir, repos_dir, reserved_dir):
 def recipe_cmd(ctx, card, shared_dir, out_dir, corpus_dir, repos_dir, model_version, keep_sae):
     """Rebuild the default model from its data CARD: build the corpus, then train the recipe on it.
 
-    The recipe (supervisor, layer, ranker inputs, length prior, ensemble size...) is
+    The recipe (supervisor, layer, SAE size, length prior, ensemble size...) is
     `lab.recipe.Recipe`; every choice in it was made on the corpus's validation repositories, and
     the manifest records it. On two CPU cores the first run reads about 1,400 snippets (~25 min);
     the line-state cache makes a rerun cheap.

@@ -478,7 +478,7 @@ def test_pretrain_bind_review_via_cli(tmp_path, tiny_model_dir):
     assert "dev split:" in r.stderr
     m = read_manifest(out)
     assert m["sae"]["n_latents"] == 64 and m["ranker"]["epochs"] == 3 and m["calibration"]
-    assert m["ranker"]["length_prior"] == 6.0  # the default; scoring below goes through it
+    assert m["ranker"]["length_prior"] == 3.0 and m["ranker"]["members"] == 5  # the recipe; scoring goes through it
     assert m["calibration"]["method"] == "centred"  # the default calibration map
     # the default is cross-source; these records have one source, so bind fell back to the dev split
     assert m["ranker_training"]["calibrated_on"] == "dev"

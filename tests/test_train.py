@@ -47,7 +47,7 @@ def test_pretrain_then_bind_writes_a_complete_manifest(tiny_artifact_dir):
     assert m["sae"]["n_latents"] == TINY_SAE["n_latents"] and m["sae"]["k"] == TINY_SAE["k"]
     assert m["sae_training"]["lines"] > 0 and m["sae_training"]["pairs"] > 0
     assert 0 <= m["sae_training"]["fvu"] < 2
-    assert m["ranker"]["d_in"] == FeatureConfig().n_inputs(TINY_SAE["n_latents"])
+    assert m["ranker"]["d_in"] == FeatureConfig().n_inputs(m["supervisor"]["hidden_size"])
     assert m["calibration"]["method"] == "centred"
     assert set(m["calibration"]) == {"method", "a", "b", "c"}
     rt = m["ranker_training"]
@@ -199,55 +199,46 @@ def test_ranker_inputs_columns_and_relative_shape():
     from analyzer.features import ranker_inputs
     from analyzer.lines import LineSpan
 
-    lines = [LineSpan(1, 0, 0, 1, "x = 1"), LineSpan(2, 1, 3, 3, "return foo(x)"), LineSpan(3, 4, 6, 7, "y")]
-    latents = torch.tensor([[1.0, 0.0], [3.0, 2.0], [2.0, 4.0]])  # (3 lines, 2 latents)
+    lines = [LineSpan(1, 0, 0, 1, "def f(x):"), LineSpan(2, 1, 3, 3, "return foo(x)"), LineSpan(3, 4, 6, 7, "y")]
+    states = torch.tensor([[1.0, 0.0], [3.0, 2.0], [2.0, 4.0]])  # (3 lines, 2-d states)
     absolute_shape = FeatureConfig(prefix="", relative_shape=False)
-    x = ranker_inputs(latents, lines, absolute_shape)  # (3, 2 centred latents + [log tokens, position, log chars])
-    assert x.shape == (3, 5)
-    torch.testing.assert_close(x[:, :2], latents - latents.mean(0))
+    # 2 centred states + [log tokens, position, log chars] + the declaration column, last
+    x = ranker_inputs(states, lines, absolute_shape)
+    assert x.shape == (3, 6) == (3, absolute_shape.n_inputs(2))
+    torch.testing.assert_close(x[:, :2], states - states.mean(0))
     toks = torch.tensor([math.log1p(1), math.log1p(3), math.log1p(7)])
-    chars = torch.tensor([math.log1p(5), math.log1p(13), math.log1p(1)])
+    chars = torch.tensor([math.log1p(9), math.log1p(13), math.log1p(1)])
     torch.testing.assert_close(x[:, 2], toks)
     torch.testing.assert_close(x[:, 3], torch.tensor([0.0, 0.5, 1.0]))
     torch.testing.assert_close(x[:, 4], chars)
+    assert x[:, 5].tolist() == [1.0, 0.0, 0.0]  # 1.0 on the function header
 
-    rel = ranker_inputs(latents, lines, FeatureConfig(prefix=""))
+    rel = ranker_inputs(states, lines, FeatureConfig(prefix=""))
     assert FeatureConfig().relative_shape is True
     torch.testing.assert_close(rel[:, 2], toks - toks.mean())  # shape relative to the file
     torch.testing.assert_close(rel[:, 3], x[:, 3])              # position unchanged
     torch.testing.assert_close(rel[:, 4], chars - chars.mean())
+    torch.testing.assert_close(rel[:, 5], x[:, 5])              # declarations unchanged
     assert FeatureConfig.from_dict(FeatureConfig().to_dict()) == FeatureConfig()
-    # declarations: one more, last column, 1.0 on import and header lines
-    decl_lines = [LineSpan(1, 0, 0, 1, "def f(x):"), *lines[1:]]
-    d = ranker_inputs(latents, decl_lines, FeatureConfig(prefix="", declarations=True))
-    assert d.shape == (3, 6) == (3, FeatureConfig(declarations=True).n_inputs(2))
-    torch.testing.assert_close(d[:, :5], ranker_inputs(latents, decl_lines, FeatureConfig(prefix="")))
-    assert d[:, 5].tolist() == [1.0, 0.0, 0.0]
-    assert FeatureConfig.from_dict(FeatureConfig().to_dict()).declarations is False
 
 
-def test_feature_manifests_name_every_field_and_centred_latents_only():
-    """Models written before the one recipe record ``absolute: false, centre: true``: those read
-    as today's recipe; uncentred latents and a missing field are refused."""
+def test_feature_manifests_name_every_field_and_no_other():
+    """A manifest's features are read as written: a removed switch (``inputs``, ``declarations``,
+    the uncentred ``absolute``) or a missing field is refused, never read as today's default."""
     from analyzer.artifact import default_model_dir
 
     shipped = read_manifest(default_model_dir())["features"]
-    assert "absolute" not in shipped and "centre" not in shipped
-    assert FeatureConfig.from_dict(shipped).inputs == "states"
-    assert FeatureConfig.from_dict({**shipped, "absolute": False, "centre": True}) == FeatureConfig.from_dict(shipped)
-    written = {**FeatureConfig().to_dict(), "absolute": False, "centre": True}
-    assert FeatureConfig.from_dict(written) == FeatureConfig()
-    with pytest.raises(ArtifactError, match="uncentred latents"):
-        FeatureConfig.from_dict({**written, "absolute": True})
-    with pytest.raises(ArtifactError, match="uncentred latents"):
-        FeatureConfig.from_dict({**written, "centre": False})
+    assert FeatureConfig.from_dict(shipped) == FeatureConfig()
+    for old in ({"inputs": "states"}, {"declarations": True}, {"absolute": False, "centre": True}):
+        with pytest.raises(ArtifactError, match="built by another ptbot version.*ptbot recipe"):
+            FeatureConfig.from_dict({**shipped, **old})
     with pytest.raises(ArtifactError, match=r"lacks \['relative_shape'\]"):
-        FeatureConfig.from_dict({k: v for k, v in written.items() if k != "relative_shape"})
+        FeatureConfig.from_dict({k: v for k, v in shipped.items() if k != "relative_shape"})
 
 
-def test_bind_on_raw_states_with_a_prior_that_skips_declarations(sup, tiny_artifact_dir, tmp_path):
-    """``inputs = states``: the ranker reads the supervisor's states (the SAE only explains), and the
-    length prior leaves declaration lines (last feature column) alone; the scorer reads both back."""
+def test_bind_reads_raw_states_and_the_prior_skips_declarations(sup, tiny_artifact_dir, tmp_path):
+    """The ranker reads the supervisor's states (the SAE only explains), and the length prior
+    leaves declaration lines (last feature column) alone; the scorer reads both back."""
     from analyzer.declarations import declares
     from analyzer.ranker import length_prior_term
     from analyzer.score import RiskScorer
@@ -255,17 +246,9 @@ def test_bind_on_raw_states_with_a_prior_that_skips_declarations(sup, tiny_artif
 
     model = tmp_path / "model"
     shutil.copytree(tiny_artifact_dir, model)
-    with pytest.raises(ValueError, match="bind with --declarations"):
-        bind(sup, model, tiny_records(), ranker_cfg={**TINY_RANKER, "prior_skips_declarations": True},
-             progress=False)
-    with pytest.raises(ValueError, match="prefix is fixed by stage 1"):
-        bind(sup, model, tiny_records(), features_update={"prefix": ""}, progress=False)
     m = bind(sup, model, tiny_records(), dev_fraction=0.3, progress=False,
-             ranker_cfg={**TINY_RANKER, "length_prior": 6.0, "prior_skips_declarations": True},
-             features_update={"inputs": "states", "declarations": True})
-    assert m["features"]["inputs"] == "states" and m["features"]["declarations"] is True
+             ranker_cfg={**TINY_RANKER, "length_prior": 6.0})
     assert m["ranker"]["d_in"] == sup.info.hidden_size + 4  # states, 3 shape columns, declarations
-    assert read_manifest(model)["ranker"]["prior_skips_declarations"] is True
 
     scorer = RiskScorer.load(model, supervisor=sup.cfg)
     code = "import os\ndef f(a, b):\n    x = a + b * 2 - len(os.sep)\n    return x\n"
@@ -279,3 +262,26 @@ def test_bind_on_raw_states_with_a_prior_that_skips_declarations(sup, tiny_artif
     delta = scorer.ranker(x, tokens) - scorer.ranker.mlp_logits(x)
     expect = 6.0 * length_prior_term(tokens) * (1 - x[:, -1])
     assert torch.allclose(delta, expect, atol=1e-5) and x[:, -1].sum() >= 1
+
+
+def test_the_recipe_is_the_library_default_and_the_shipped_models():
+    """``Recipe`` names the defaults of ``RankerConfig`` and ``FeatureConfig``, and the shipped
+    manifest was built with it: the product code knows one recipe."""
+    from dataclasses import fields
+
+    from analyzer.artifact import default_model_dir
+    from analyzer.ranker import RankerConfig
+    from lab.recipe import Recipe
+
+    recipe, shipped = Recipe(), read_manifest(default_model_dir())
+    ranker = RankerConfig(d_in=1)
+    assert (recipe.length_prior, recipe.members) == (ranker.length_prior, ranker.members) == (3.0, 5)
+    assert shipped["recipe"] == recipe.to_dict()
+    assert FeatureConfig.from_dict(shipped["features"]) == FeatureConfig()
+    bound = RankerConfig.from_dict(shipped["ranker"])
+    assert (bound.length_prior, bound.members) == (recipe.length_prior, recipe.members)
+    assert {f.name for f in fields(RankerConfig)} == set(shipped["ranker"])
+    assert shipped["supervisor"]["model"] == recipe.supervisor and shipped["supervisor"]["layer"] == recipe.layer
+    assert shipped["sae"]["n_latents"] == recipe.latents
+    assert shipped["calibration"]["method"] == "centred"
+    assert shipped["ranker_training"]["calibrated_on"] == "cross-source"
