@@ -6,7 +6,7 @@ The harness:
    ``baselines.FullPassCache``), so a second evaluation on the same data never runs the model;
 2. split the training records by problem into fit/dev (``records.split_by_problem``, seeded):
    trainable methods fit on ``fit``, early-stop on ``dev`` and calibrate on held-out training
-   records (``dev``, or each source scored by a ranker trained without it); test records are only
+   records (each source scored by a ranker trained without it, or ``dev``); test records are only
    ever scored. Each ``MethodRun`` records the ids whose labels it trained and calibrated on, so
    the separation is checkable (and it is checked in tests);
 3. score every test set with every method and compute ``metrics.evaluate`` with the training
@@ -14,11 +14,11 @@ The harness:
    spread under ``"seeds"``.
 
 Methods:
-- ``pttrust``: the ranker (NeuralNDCG + BCE, ``analyzer.ranker``) on the model directory's
-  features of the raw line states, trained and calibrated the way the model was bound: on its ranker
-  sources only (``bind --ranker-sources``, since 0.6.0), its map (``centred`` since 0.4.0,
-  ``analyzer.calibrate``) fitted on the logits ``ranker_training.held_out_logits`` names (each source
-  scored by a ranker trained without it, since 0.5.0); with no training records, the model
+- ``pttrust``: the ranker (NeuralNDCG + BCE, ``analyzer.ranker``) with the model directory's
+  ranker settings, on its features of the raw line states, trained and calibrated as ``bind``
+  does: the centred map (``analyzer.calibrate``) fitted on the logits
+  ``ranker_training.held_out_logits`` gives (each source scored by a ranker trained without it,
+  or the dev split's with fewer than two sources); with no training records, the model
   directory's shipped ranker and calibrator as they are;
 - ``probe``: the same ranker, features and calibration without the length prior: what the
   line states alone say (the paper's probing classifier);
@@ -50,10 +50,10 @@ from analyzer.supervisor import Supervisor, SupervisorConfig, supervisor_ref
 from analyzer.types import Record
 from lab.baselines import (CONTEXT_KEYS, ClassifierConfig, FullPassCache, FullPassLines, LineClassifier,
                            length_scores, random_scores, read_full, uncertainty_scores)
-from lab.calibration_fit import DEFAULT_METHOD, fit_calibrator
+from lab.calibration_fit import fit_calibrator
 from lab.metrics import (SnippetPrediction, bootstrap_ci, evaluate, random_topk_hit_rate, snippet_auroc,
                          summarize_seeds, topk_hit_rate)
-from lab.ranker_training import DEFAULT_CALIBRATE_ON, Slate, by_source, held_out_logits, train_ranker
+from lab.ranker_training import Slate, held_out_logits, train_ranker
 from lab.records import problem_key, refuse_test_repositories, split_by_problem
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ class EvalConfig:
     seeds: int = 1
     """Seeds per trainable method (fit/dev split and initialisation both change with the seed)."""
     dev_fraction: float = 0.2
-    """Share of training problems held out for early stopping (and calibration, for models bound with ``dev``)."""
+    """Share of training problems held out for early stopping (and calibration, when the training
+    records have fewer than two sources to hold out)."""
     n_boot: int = 1000
     """Bootstrap replicates (problems resampled) for the 95% intervals; 0 = no intervals."""
     curve_k: int = 10
@@ -244,34 +245,23 @@ def _ranker_logits(ranker, x: torch.Tensor, r: Reading) -> np.ndarray:
 
 
 def _ranker_method(name: str, seed: int, train: Sequence[Reading], tests: Mapping[str, Sequence[Reading]],
-                   feats, ranker_cfg: dict[str, Any], cfg: EvalConfig,
-                   calibration: str = DEFAULT_METHOD, calibrate_on: str = DEFAULT_CALIBRATE_ON,
-                   ranker_sources: Sequence[str] | None = None) -> MethodRun:
-    """Train the per-line ranker on ``feats(reading)`` (fit split), early-stop on dev, calibrate on the
-    held-out logits ``calibrate_on`` names (``ranker_training.held_out_logits``), score tests. With
-    ``ranker_sources``, only those sources train the ranker; the others' fit records join the map's data."""
+                   feats, ranker_cfg: dict[str, Any], cfg: EvalConfig) -> MethodRun:
+    """Train the per-line ranker on ``feats(reading)`` (fit split), early-stop on dev, fit the centred
+    map on held-out logits as ``bind`` does (``ranker_training.held_out_logits``), score tests."""
     fit, dev = _split(train, cfg.dev_fraction, seed)
 
     def slates(rs: Sequence[Reading]) -> list[Slate]:
         return [Slate(features=feats(r), labels=torch.tensor(r.labels, dtype=torch.float32),
                       tokens=torch.tensor(r.tokens), group=r.group, source=r.record.source) for r in rs]
 
-    if ranker_sources is not None:
-        missing = set(ranker_sources) - {r.record.source for r in train}
-        if missing:
-            raise ValueError(f"the model's ranker learns from source(s) {', '.join(sorted(missing))}, which no "
-                             "--train record comes from; pass the files it was bound on")
-    fit, unseen = by_source(fit, ranker_sources, lambda r: r.record.source)
-    dev, _ = by_source(dev, ranker_sources, lambda r: r.record.source)
     fit_s, dev_s = slates(fit), slates(dev)
     rc = RankerConfig(**{**ranker_cfg, "d_in": fit_s[0].features.shape[1], "seed": seed})
     ranker, _ = train_ranker(rc, fit_s, dev_s, progress=cfg.progress)
-    cal_logits, cal_labels, info = held_out_logits(ranker, fit_s, dev_s, calibrate_on,
-                                                   unseen=slates(unseen))
-    calibrated_on = _ids(unseen) | (_ids(dev) if info["calibrated_on"] == "dev" else
-                                    _ids([r for r in (*fit, *dev) if r.record.source in info["held_out_sources"]]))
+    cal_logits, cal_labels, info = held_out_logits(ranker, fit_s, dev_s)
+    calibrated_on = (_ids(dev) if info["calibrated_on"] == "dev" else
+                     _ids([r for r in (*fit, *dev) if r.record.source in info["held_out_sources"]]))
     with torch.no_grad():
-        calib = fit_calibrator([x.double().numpy() for x in cal_logits], [y.numpy() for y in cal_labels], calibration)
+        calib = fit_calibrator([x.double().numpy() for x in cal_logits], [y.numpy() for y in cal_labels], "centred")
         run = MethodRun(name, seed, _ids(fit), calibrated_on)
         for ds, rs in tests.items():
             out = []
@@ -447,13 +437,6 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
     ranker_cfg = {k: v for k, v in bound.items() if k not in ("d_in", "seed")}
     if cfg.ranker_epochs is not None:
         ranker_cfg["epochs"] = cfg.ranker_epochs
-    # Rankers trained here are calibrated the way the model was bound (the defaults for unbound ones;
-    # models bound before cross-source calibration existed were calibrated on dev).
-    calibration = (manifest.get("calibration") or {}).get("method", DEFAULT_METHOD)
-    calibration = "platt" if calibration == "identity" else calibration
-    calibrate_on = (manifest.get("ranker_training") or {}).get("calibrated_on",
-                                                               "dev" if bound else DEFAULT_CALIBRATE_ON)
-    ranker_sources = (manifest.get("ranker_training") or {}).get("ranker_sources")
 
     runs: list[MethodRun] = []
     by_method: dict[str, list[MethodRun]] = {}
@@ -462,17 +445,13 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
         for seed in seeds:
             log.info("evaluating %s (seed %d)", method, seed)
             if method == "pttrust" and train_r:
-                run = _ranker_method(method, seed, train_r, test_r,
-                                     lambda r: _inputs(r, features), ranker_cfg, cfg,
-                                     calibration=calibration, calibrate_on=calibrate_on,
-                                     ranker_sources=ranker_sources)
+                run = _ranker_method(method, seed, train_r, test_r, lambda r: _inputs(r, features), ranker_cfg, cfg)
             elif method == "pttrust":
                 run = _shipped_pttrust(loaded, test_r)
             elif method == "probe":
                 # The paper's probing classifier: the ranker alone, without the product's length prior.
                 run = _ranker_method(method, seed, train_r, test_r, lambda r: _inputs(r, features),
-                                     {**ranker_cfg, "length_prior": 0.0}, cfg, calibration=calibration,
-                                     calibrate_on=calibrate_on, ranker_sources=ranker_sources)
+                                     {**ranker_cfg, "length_prior": 0.0}, cfg)
             elif method in ("lookback", "lookback_mlp"):
                 run = _classifier_method(method, "logistic" if method == "lookback" else "mlp",
                                          seed, train_r, test_r, cfg)

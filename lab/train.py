@@ -10,9 +10,9 @@ the (correct line, buggy line) pairs feed the contrastive term.
 
 Stage 2 (the SAE only explains lines from then on): the line states of each labelled snippet ->
 ranker features (``analyzer.features.ranker_inputs``) -> MLPs trained with NeuralNDCG + a pointwise BCE head, early-stopped on a dev split
-grouped by problem; then a calibration map (``analyzer.calibrate``, ``centred`` by default) fitted
-file by file on held-out logits: by default each source's, scored by a ranker trained without that
-source (``ranker_training.held_out_logits``), else the dev split's.
+grouped by problem; then the centred calibration map (``analyzer.calibrate``) fitted file by file
+on held-out logits: each source's, scored by a ranker trained without that source
+(``ranker_training.held_out_logits``), or the dev split's when fewer than two sources can be held out.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from analyzer.sae import SAEConfig, save_sae
 from analyzer.supervisor import Supervisor, supervisor_ref
 from analyzer.types import Record
 from lab import shards
-from lab.calibration_fit import DEFAULT_METHOD, fit_calibrator
+from lab.calibration_fit import fit_calibrator
 from lab.metrics import SnippetPrediction, evaluate
 from lab.mutate import mutate, pair_lines
-from lab.ranker_training import DEFAULT_CALIBRATE_ON, Slate, by_source, held_out_logits, train_ranker
+from lab.ranker_training import Slate, held_out_logits, train_ranker
 from lab.records import problem_key, refuse_test_repositories, split_by_problem
 from lab.sae_training import train_sae
 
@@ -246,48 +246,20 @@ def predictions(ranker, calibrator: Calibrator | None, slates: Sequence[Slate]) 
     return out
 
 
-def _bound_ranker(model_dir: Path, manifest: dict[str, Any], ranker_cfg: dict[str, Any] | None, n_train: int,
-                  n_dev: int, dev_fraction: float, seed: int,
-                  ranker_sources: list[str] | None) -> tuple[RankerConfig, Any, int | None]:
-    """The ranker ``model_dir`` was bound with, if these records split as they did then."""
-    if not manifest.get("ranker"):
-        raise artifact.ArtifactError(f"{model_dir} has no ranker to keep: run `ptbot bind` without --keep-ranker")
-    if ranker_cfg:
-        raise ValueError(f"ranker settings ({', '.join(sorted(ranker_cfg))}) do nothing when the bound ranker is kept")
-    was = manifest.get("ranker_training") or {}
-    then = (was.get("train_records"), was.get("dev_records"), was.get("dev_fraction"), was.get("seed"))
-    if then != (n_train, n_dev, dev_fraction, seed):
-        raise ValueError(f"the ranker in {model_dir} was bound on {then[0]} train / {then[1]} dev records "
-                         f"(dev fraction {then[2]}, seed {then[3]}); these records and settings give "
-                         f"{n_train} / {n_dev} (dev fraction {dev_fraction}, seed {seed}). "
-                         "Keeping it needs the same data and split.")
-    if was.get("ranker_sources") != ranker_sources:
-        raise ValueError(f"the ranker in {model_dir} learned from sources {was.get('ranker_sources') or 'all'}, "
-                         f"not {ranker_sources or 'all'}; keeping it needs the same --ranker-sources")
-    cfg = RankerConfig.from_dict(manifest["ranker"])
-    return cfg, load_ranker(model_dir, manifest["ranker"]), was.get("best_epoch")
-
-
 def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
-         ranker_cfg: dict[str, Any] | None = None, dev_fraction: float = 0.2, seed: int = 0,
-         calibration: str = DEFAULT_METHOD, calibrate_on: str = DEFAULT_CALIBRATE_ON, progress: bool = True,
-         cache: StateCache | None = None, version: str | None = None, keep_ranker: bool = False,
-         ranker_sources: Sequence[str] | None = None,
-         warm_start: bool = False) -> dict[str, Any]:
+         ranker_cfg: dict[str, Any] | None = None, dev_fraction: float = 0.2, seed: int = 0, progress: bool = True,
+         cache: StateCache | None = None, version: str | None = None, warm_start: bool = False) -> dict[str, Any]:
     """Stage 2: train the ranker and calibrator on labelled records; update ``model_dir``.
 
-    ``calibrate_on`` picks the logits the calibration map is fitted on (``ranker_training.held_out_logits``:
-    ``cross-source`` trains one more ranker per source). ``version`` is recorded in the manifest
-    (reports and scored lines name ``name@version``). ``keep_ranker`` keeps the bound ranker and only
-    re-fits the map: the ranker's weights are not reproducible bit for bit on another machine (float
-    rounding moves early stopping), so changing how a model is calibrated must not retrain it. It
-    needs the records, ``dev_fraction`` and ``seed`` the ranker was bound with (checked by the split's
-    sizes), so that the dev metrics stay honest. ``ranker_sources``: the sources (``Record.source``)
-    whose records train and early-stop the ranker (None = all); the other sources' training-side
-    records only fit the calibration map, scored by the ranker that never saw them, and every
-    source's dev-side records give the dev metrics. ``warm_start``: fine-tune the ranker
-    ``model_dir`` already holds instead of training a new one (its settings, with ``ranker_cfg``
-    over them, e.g. a smaller ``lr``); it is kept as it is unless fine-tuning beats it on dev.
+    The records split by problem into train and dev (``dev_fraction``, ``seed``); the ranker
+    (``RankerConfig`` with ``ranker_cfg`` over its defaults) trains on train and early-stops on dev.
+    The centred calibration map is fitted on cross-source logits, each source scored by a ranker
+    trained without it, or on the dev split's when fewer than two sources can be held out
+    (``ranker_training.held_out_logits``; ``ranker_training.calibrated_on`` in the manifest says
+    which). ``version`` is recorded in the manifest (reports and scored lines name
+    ``name@version``). ``warm_start``: fine-tune the ranker ``model_dir`` already holds instead of
+    training a new one (its settings, with ``ranker_cfg`` over them, e.g. a smaller ``lr``); it is
+    kept as it is unless fine-tuning beats it on dev.
     """
     refuse_test_repositories(records)
     manifest = artifact.read_manifest(model_dir)
@@ -299,42 +271,22 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
     if not train_recs or not dev_recs:
         raise ValueError(f"need records on both sides of the problem split (train {len(train_recs)}, "
                          f"dev {len(dev_recs)}); pass more data or change --dev-fraction")
-    sources = sorted(ranker_sources) if ranker_sources else None
-    unknown = set(sources or ()) - {r.source for r in records}
-    if unknown:
-        raise ValueError(f"no records of source(s) {', '.join(sorted(unknown))}; these records come from "
-                         f"{', '.join(sorted({r.source for r in records}))}")
-    if warm_start and keep_ranker:
-        raise ValueError("warm_start fine-tunes the bound ranker: it cannot be combined with keep_ranker")
     if warm_start and not manifest.get("ranker"):
         raise artifact.ArtifactError(f"{model_dir} has no ranker to fine-tune: bind it first")
-    if keep_ranker:  # checked before the supervisor reads any code: a mismatch fails at once
-        cfg, ranker, best_epoch = _bound_ranker(model_dir, manifest, ranker_cfg, len(train_recs), len(dev_recs),
-                                                dev_fraction, seed, sources)
     train = make_slates(sup, train_recs, features, progress, "reading code (train)", cache)
     dev = make_slates(sup, dev_recs, features, progress, "reading code (dev)", cache)
-    rank_train, unseen = by_source(train, sources)
-    rank_dev, _ = by_source(dev, sources)
-    if not rank_train or not rank_dev:
-        raise ValueError(f"the sources {sources} leave the ranker {len(rank_train)} train / {len(rank_dev)} dev "
-                         "records; name more sources or pass more data")
     if warm_start:
         cfg = RankerConfig.from_dict({**manifest["ranker"], "seed": seed, **(ranker_cfg or {})})
-        ranker, history = train_ranker(cfg, rank_train, rank_dev, progress=progress,
-                                       init=load_ranker(model_dir, manifest["ranker"]))
-        best_epoch = history["best_epoch"]
-    elif not keep_ranker:
+        init = load_ranker(model_dir, manifest["ranker"])
+    else:
         cfg = RankerConfig(**{"d_in": train[0].features.shape[1], "seed": seed, **(ranker_cfg or {})})
-        ranker, history = train_ranker(cfg, rank_train, rank_dev, progress=progress)
-        best_epoch = history.get("best_epoch") if isinstance(history, dict) else None
-    ranker.eval()
-    cal_logits, cal_labels, cal_info = held_out_logits(ranker, rank_train, rank_dev, calibrate_on,
-                                                       progress=progress, unseen=unseen)
-    calib = fit_calibrator([x.numpy() for x in cal_logits], [y.numpy() for y in cal_labels], calibration)
+        init = None
+    ranker, history = train_ranker(cfg, train, dev, progress=progress, init=init)
+    cal_logits, cal_labels, cal_info = held_out_logits(ranker, train, dev, progress=progress)
+    calib = fit_calibrator([x.numpy() for x in cal_logits], [y.numpy() for y in cal_labels], "centred")
     base_rate = float(torch.cat([s.labels for s in train]).mean())
     dev_metrics = evaluate(predictions(ranker, calib, dev), base_rate=base_rate, n_boot=200, seed=seed)
-    if not keep_ranker:
-        save_ranker(ranker, model_dir)
+    save_ranker(ranker, model_dir)
     manifest = _existing(model_dir)
     manifest.update({
         **({"version": version} if version else {}),
@@ -344,8 +296,7 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
                             "base_rate": base_rate, "dev_fraction": dev_fraction, "seed": seed,
                             "languages": sorted({r.language for r in records}),
                             "sources": sorted({r.source for r in records}),
-                            "best_epoch": best_epoch, "ranker_sources": sources,
-                            "ranker_train_records": len(rank_train), **cal_info},
+                            "best_epoch": history["best_epoch"], **cal_info},
         "dev_metrics": dev_metrics,
     })
     artifact.write_manifest(model_dir, manifest)

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from analyzer.artifact import ArtifactError
 from analyzer.ranker import RankerConfig, RankerMLP, length_prior_term, load_ranker, save_ranker
-from lab.ranker_training import Slate, by_source, evaluate_ranker, held_out_logits, neural_ndcg, train_ranker
+from lab.ranker_training import Slate, evaluate_ranker, held_out_logits, neural_ndcg, train_ranker
 
 
 def _ndcg_by_hand(pred: list[float], rel: list[float]) -> float:
@@ -92,24 +92,13 @@ def _sourced(slates: list[Slate], sources: tuple[str, ...]) -> list[Slate]:
     return [replace(s, source=sources[i % len(sources)]) for i, s in enumerate(slates)]
 
 
-def test_dev_calibration_logits_are_the_models_own_on_dev():
-    cfg = RankerConfig(d_in=8, members=1, epochs=3, patience=3)
-    train, dev = _slates(12, seed=1), _slates(6, seed=2, prefix="d")
-    model, _ = train_ranker(cfg, train, dev, progress=False)
-    logits, labels, info = held_out_logits(model, train, dev, "dev")
-    assert info == {"calibrated_on": "dev", "held_out_sources": [], "unseen_sources": []}
-    assert len(logits) == len(labels) == len(dev)
-    for x, y, s in zip(logits, labels, dev):
-        assert torch.equal(x, model(s.features, s.tokens)) and torch.equal(y, s.labels)
-
-
 def test_cross_source_logits_come_from_a_ranker_that_never_saw_the_source():
     cfg = RankerConfig(d_in=8, members=1, epochs=4, patience=4, length_prior=2.0)
     sources = ("a", "b", "c")
     train, dev = _sourced(_slates(18, seed=1), sources), _sourced(_slates(9, seed=2, prefix="d"), sources)
     model, _ = train_ranker(cfg, train, dev, progress=False)
-    logits, labels, info = held_out_logits(model, train, dev, "cross-source")
-    assert info == {"calibrated_on": "cross-source", "held_out_sources": ["a", "b", "c"], "unseen_sources": []}
+    logits, labels, info = held_out_logits(model, train, dev)
+    assert info == {"calibrated_on": "cross-source", "held_out_sources": ["a", "b", "c"]}
     # every training slate once, grouped by source; each scored by the ranker trained on the others
     held = [s for src in sources for s in (*train, *dev) if s.source == src]
     assert len(logits) == len(held) == len(train) + len(dev)
@@ -121,7 +110,7 @@ def test_cross_source_logits_come_from_a_ranker_that_never_saw_the_source():
                 assert torch.equal(x, other(s.features, s.tokens)) and torch.equal(y, s.labels)
     # a source's own labels never reach the scores it is calibrated with
     flipped = [replace(s, labels=s.labels.flip(0)) if s.source == "a" else s for s in train]
-    again, _, _ = held_out_logits(model, flipped, dev, "cross-source")
+    again, _, _ = held_out_logits(model, flipped, dev)
     for x, x2, s in zip(logits, again, held):
         if s.source == "a":
             assert torch.equal(x, x2)
@@ -129,30 +118,18 @@ def test_cross_source_logits_come_from_a_ranker_that_never_saw_the_source():
     assert any(not torch.equal(x, x2) for x, x2, s in zip(logits, again, held) if s.source != "a")
 
 
-def test_unseen_sources_join_the_calibration_logits_as_the_model_scores_them():
-    cfg = RankerConfig(d_in=8, members=1, epochs=3, patience=3)
-    train, dev = _sourced(_slates(12, seed=1), ("a", "b")), _sourced(_slates(6, seed=2, prefix="d"), ("a", "b"))
-    other = _sourced(_slates(5, seed=3, prefix="o"), ("z",))
-    model, _ = train_ranker(cfg, train, dev, progress=False)
-    for how in ("dev", "cross-source"):
-        logits, labels, info = held_out_logits(model, train, dev, how, unseen=other)
-        assert info["unseen_sources"] == ["z"] and info["calibrated_on"] == how
-        for x, y, s in zip(logits, labels, other):  # first, scored by the model itself
-            assert torch.equal(x, model(s.features, s.tokens)) and torch.equal(y, s.labels)
-        assert len(logits) == len(other) + (len(dev) if how == "dev" else len(train) + len(dev))
-    assert by_source(train + other, ["z"]) == (other, train)
-    assert by_source(other, None) == (other, [])
-
-
-def test_cross_source_falls_back_to_dev_with_one_source(caplog):
+def test_with_one_source_the_map_is_fitted_on_the_models_own_dev_logits(caplog):
+    """Records of one source (one repository, say) leave no source to hold out: the logits are
+    the model's own on the dev split, and the info says so."""
     cfg = RankerConfig(d_in=8, members=1, epochs=2, patience=2)
     train, dev = _sourced(_slates(8, seed=1), ("only",)), _sourced(_slates(4, seed=2, prefix="d"), ("only",))
     model, _ = train_ranker(cfg, train, dev, progress=False)
-    logits, _, info = held_out_logits(model, train, dev, "cross-source")
-    assert info["calibrated_on"] == "dev" and len(logits) == len(dev)
+    logits, labels, info = held_out_logits(model, train, dev)
+    assert info == {"calibrated_on": "dev", "held_out_sources": []}
     assert "calibrating on the dev split instead" in caplog.text
-    with pytest.raises(ValueError, match="unknown calibrate_on"):
-        held_out_logits(model, train, dev, "test")
+    assert len(logits) == len(labels) == len(dev)
+    for x, y, s in zip(logits, labels, dev):
+        assert torch.equal(x, model(s.features, s.tokens)) and torch.equal(y, s.labels)
 
 
 def test_ranker_overfits_separable_slates():
