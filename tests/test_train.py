@@ -219,7 +219,7 @@ def test_bind_reads_raw_states_and_the_prior_skips_declarations(sup, tiny_artifa
     assert torch.allclose(delta, expect, atol=1e-5) and x[:, -1].sum() >= 1
 
 
-def test_the_recipe_is_the_library_default_and_the_shipped_models():
+def test_the_recipe_is_the_library_default_and_the_shipped_models(tiny_artifact_dir):
     """``Recipe`` names the defaults of ``RankerConfig`` and ``FeatureConfig``, and the shipped
     manifest was built with it: the product code knows one recipe."""
     from dataclasses import fields
@@ -240,3 +240,5 @@ def test_the_recipe_is_the_library_default_and_the_shipped_models():
     assert shipped["sae"]["n_latents"] == recipe.latents
     assert shipped["calibration"]["method"] == "centred"
     assert shipped["ranker_training"]["calibrated_on"] == "cross-source"
+    # the shipped manifest says what bind writes today, no more
+    assert set(shipped["ranker_training"]) == set(read_manifest(tiny_artifact_dir)["ranker_training"])
