@@ -3,8 +3,10 @@
 A model directory describes itself completely: the manifest names the supervisor it was built
 for (source id, weights hash, probed layer, tokenizer), the feature, SAE, ranker and calibration
 configs, a summary of the training data and the dev-split metrics. Loading refuses a directory
-built for another supervisor, because SAE latents of one model's states mean nothing for
-another's.
+built for another supervisor, because a ranker and an SAE trained on one model's states mean
+nothing for another's, and a directory written by another ptbot format (``FORMAT_VERSION``),
+because its configs name switches this ptbot no longer has: such a model is built again, never
+translated.
 
 A model HOME (numbered versions and a pointer to the one that serves) is read here too, so that
 loading a model never needs ``analyzer.versions``, which makes and changes HOMEs on top of this
@@ -43,7 +45,7 @@ class HomeError(ArtifactError):
 
 
 def default_model_dir() -> Path:
-    """The artifact shipped inside the package (SmolLM2-135M, trained on Python only)."""
+    """The artifact shipped inside the package (the default model, built by `ptbot recipe`)."""
     return Path(__file__).with_name("default_model")
 
 
