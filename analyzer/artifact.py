@@ -3,8 +3,10 @@
 A model directory describes itself completely: the manifest names the supervisor it was built
 for (source id, weights hash, probed layer, tokenizer), the feature, SAE, ranker and calibration
 configs, a summary of the training data and the dev-split metrics. Loading refuses a directory
-built for another supervisor, because SAE latents of one model's states mean nothing for
-another's.
+built for another supervisor, because a ranker and an SAE trained on one model's states mean
+nothing for another's, and a directory written by another ptbot format (``FORMAT_VERSION``),
+because its configs name switches this ptbot no longer has: such a model is built again, never
+translated.
 
 A model HOME (numbered versions and a pointer to the one that serves) is read here too, so that
 loading a model never needs ``analyzer.versions``, which makes and changes HOMEs on top of this
@@ -20,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "ptbot-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the ranker reads raw line states with the declaration column, and its length prior always
+skips declaration lines (``features.inputs``, ``features.declarations`` and
+``ranker.prior_skips_declarations`` are gone); 1 is refused."""
+REBUILD = ("rebuild it with `ptbot recipe` (the default model's recipe) or with `ptbot pretrain` and "
+           "`ptbot bind`")
+"""What to do with a model this ptbot cannot read."""
 MANIFEST = "manifest.json"
 POINTER = "current.json"
 """A model HOME's pointer file (``analyzer.versions`` makes and changes HOMEs)."""
@@ -37,7 +45,7 @@ class HomeError(ArtifactError):
 
 
 def default_model_dir() -> Path:
-    """The artifact shipped inside the package (SmolLM2-135M, trained on Python only)."""
+    """The artifact shipped inside the package (the default model, built by `ptbot recipe`)."""
     return Path(__file__).with_name("default_model")
 
 
@@ -108,15 +116,16 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     if not Path(model_dir).is_dir():
         raise ArtifactError(f"model directory not found: {model_dir}")
     return read_checked_json(Path(model_dir), FORMAT, FORMAT_VERSION, ArtifactError, "ptbot model",
-                             "not a ptbot model directory (build one with `ptbot pretrain` then `ptbot bind`)")
+                             "not a ptbot model directory (build one with `ptbot pretrain` then `ptbot bind`)",
+                             REBUILD)
 
 
 def read_checked_json(directory: Path, fmt: str, version: int, error: type[Exception], kind: str,
-                      what_else: str) -> dict[str, Any]:
+                      what_else: str, rebuild: str) -> dict[str, Any]:
     """``directory/manifest.json`` of a self-describing artifact, checked for its format name and
-    for a version this ptbot can read; ``error(message)`` says what is wrong (``kind``: the
+    for the one version this ptbot reads; ``error(message)`` says what is wrong (``kind``: the
     artifact's name in messages; ``what_else``: what a directory without a manifest is not, and
-    how to make one)."""
+    how to make one; ``rebuild``: how to make again one written by an older ptbot)."""
     path = Path(directory) / MANIFEST
     if not path.exists():
         raise error(f"{directory} has no {MANIFEST}: {what_else}")
@@ -126,9 +135,12 @@ def read_checked_json(directory: Path, fmt: str, version: int, error: type[Excep
         raise error(f"{path} is not valid JSON: {e}") from e
     if manifest.get("format") != fmt:
         raise error(f"{path} is not a {kind} manifest")
-    if manifest.get("format_version", 0) > version:
-        raise error(f"{directory} was written by a newer ptbot (format {manifest['format_version']}); "
-                    "upgrade ptbot")
+    found = manifest.get("format_version", 0)
+    if found > version:
+        raise error(f"{directory} was written by a newer ptbot (format {found}); upgrade ptbot")
+    if found < version:
+        raise error(f"{directory} was built by an older ptbot (format {found}; this ptbot reads format "
+                    f"{version}): {rebuild}")
     return manifest
 
 
@@ -151,10 +163,11 @@ def config_fields(config: type, section: dict[str, Any], name: str) -> dict[str,
     known = {f.name for f in fields(config)}
     unknown, missing = set(section) - known, known - set(section)
     if unknown:
-        raise ArtifactError(f"unknown {name} fields {sorted(unknown)}; was the model built by a newer ptbot?")
+        raise ArtifactError(f"unknown {name} fields {sorted(unknown)}: the model was built by another ptbot "
+                            f"version; {REBUILD}")
     if missing:
-        raise ArtifactError(f"the model's {name} lacks {sorted(missing)}: it was built by an older ptbot; "
-                            "build it again with `ptbot pretrain` and `ptbot bind`")
+        raise ArtifactError(f"the model's {name} lacks {sorted(missing)}: it was built by another ptbot version; "
+                            f"{REBUILD}")
     return dict(section)
 
 

@@ -1,19 +1,21 @@
 """Post-hoc calibration: turn ranker logits into P(line needs an edit).
 
-Logistic maps fitted on held-out (dev) logits; ``s`` is a line's logit:
+A model's map is ``centred``, fitted on held-out logits (``lab.train.bind``); ``s`` is a line's logit:
 
-- ``platt``:        p = sigmoid(a * s + b)
-- ``temperature``:  p = sigmoid(a * s)        (Guo et al. 2017; binary temperature scaling, a = 1/T)
-- ``centred``:      p = sigmoid(a * (s - mean of s over the file) + b + c * log n_lines)
+    p = sigmoid(a * (s - mean of s over the file) + b + c * log n_lines)
 
-``centred`` reads only how a line stands out within its file, and the file's size. Fitted on Python
-and applied to other languages, Platt carries over the level of Python's scores, which shifts with
-the language; the centred map does not see that shift, and ``log n_lines`` carries the base rate
-(most files have one or two lines to change, so the share of such lines falls with the file's size).
-On mined fixes in five other languages it cut the mean ECE from 0.065 (Platt) to 0.041
-(0.3.0's ranker, three seeds). What it gives up: a file whose lines all look risky gets no higher
-probabilities than a quiet one; with training data in which every file has a bug, Platt learned
-no such file-level signal either.
+It reads only how a line stands out within its file, and the file's size. Fitted on Python and
+applied to other languages, a map of the raw logit (Platt's, ``sigmoid(a * s + b)``) carries over
+the level of Python's scores, which shifts with the language; the centred map does not see that
+shift, and ``log n_lines`` carries the base rate (most files have one or two lines to change, so
+the share of such lines falls with the file's size). On mined fixes in five other languages it cut
+the mean ECE from 0.065 (Platt) to 0.041 (0.3.0's ranker, three seeds). What it gives up: a file
+whose lines all look risky gets no higher probabilities than a quiet one; with training data in
+which every file has a bug, Platt learned no such file-level signal either.
+
+``platt`` remains for the baselines only: ``ptbot eval``'s ``length``, ``uncertainty`` and
+LookBack scores and ``ptbot adapt``'s ``length`` row are calibrated with it, so that they get a
+Brier score too; their scores have no per-file meaning to centre.
 
 The map and how it applies live here, because scoring turns every logit into a probability with
 it; fitting it is ``lab.calibration_fit``.
@@ -27,8 +29,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-Method = Literal["platt", "temperature", "centred", "identity"]
-_METHODS = ("platt", "temperature", "centred", "identity")
+Method = Literal["centred", "platt"]
+_METHODS = ("centred", "platt")
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -59,32 +61,23 @@ def centred_columns(s: np.ndarray) -> tuple[np.ndarray, float]:
 class Calibrator:
     """A fitted map from ranker logits to probabilities (the module docstring gives each map)."""
 
-    method: Method = "identity"
-    """'platt' (a and b fitted), 'temperature' (b = 0), 'centred' (a, b and c fitted on logits
-    centred within their file) or 'identity' (a = 1, b = 0: plain sigmoid)."""
+    method: Method
+    """'centred' (a model's map: a, b and c fitted on logits centred within their file) or 'platt'
+    (a baseline's: a and b fitted on the raw score)."""
     a: float = 1.0
-    """Slope on the logit (1/temperature); for 'centred', on the logit minus its file's mean."""
+    """Slope on the logit; for 'centred', on the logit minus its file's mean."""
     b: float = 0.0
-    """Intercept (0 for 'temperature' and 'identity')."""
+    """Intercept."""
     c: float = 0.0
-    """'centred' only: slope on log(number of scored lines in the file); 0 otherwise."""
+    """'centred' only: slope on log(number of scored lines in the file); 0 for 'platt'."""
 
     def __post_init__(self) -> None:
         if self.method not in _METHODS:
             raise ValueError(f"Calibrator.method must be one of {_METHODS}, got {self.method!r}")
         if not (math.isfinite(self.a) and math.isfinite(self.b) and math.isfinite(self.c)):
             raise ValueError(f"Calibrator parameters must be finite, got a={self.a}, b={self.b}, c={self.c}")
-        if self.method in ("temperature", "identity") and self.b != 0.0:
-            raise ValueError(f"Calibrator.b must be 0 for method {self.method!r}, got {self.b}")
         if self.method != "centred" and self.c != 0.0:
             raise ValueError(f"Calibrator.c must be 0 for method {self.method!r}, got {self.c}")
-        if self.method == "identity" and self.a != 1.0:
-            raise ValueError(f"Calibrator.a must be 1 for method 'identity', got {self.a}")
-
-    @classmethod
-    def identity(cls) -> Calibrator:
-        """The uncalibrated sigmoid of the logit (for models trained without held-out data)."""
-        return cls("identity", 1.0, 0.0)
 
     def predict(self, scores: Any) -> np.ndarray:
         """Probabilities (float64 array shaped like ``scores``) for logits from the same ranker.

@@ -3,14 +3,19 @@
 Two stages:
 - ``extract``: texts -> for each text, its scorable lines (``LineSpan``) and the probed-layer state
   at each line's end token, shape (n_lines, d). One truncated forward per text, batched.
-- ``ranker_inputs``: SAE latents of one snippet's lines -> the ranker's features: the
-  latents centred on the snippet's mean (what is unusual about this
-  line *within its file*, which transfers across languages far better than absolute states: an
-  early probe measured 2-4x on Python -> JavaScript; the uncentred latents also encode the
-  language and style of the snippet, and a ranker trained on Python with them as well ranked
-  Java/Go signature lines first, mean Top-1 0.087 vs 0.185 on six non-Python sets) and three
-  shape features (log token count, relative position, log length), because the longest line is
-  a strong baseline that the ranker should be able to use, not re-learn from latents.
+- ``ranker_inputs``: one snippet's line states -> the ranker's features: the states centred on
+  the snippet's mean (what is unusual about this line *within its file*, which transfers across
+  languages far better than absolute states: an early probe measured 2-4x on Python ->
+  JavaScript; uncentred vectors also encode the language and style of the snippet, and a ranker
+  trained on Python with them ranked Java/Go signature lines first), shape features (log token
+  count, relative position, log length), because the longest line is a strong baseline that the
+  ranker should be able to use, not re-learn from states, and a last 0/1 column marking
+  declaration lines.
+
+The ranker reads the raw states, not the SAE's latents: on real fixes in six languages a ranker on
+Qwen2.5-Coder-0.5B's layer-6 states put the buggy line first more often than one on the latents
+(validation repositories, mean Top-1 0.213 vs 0.197). The SAE only explains a line, naming its
+most over-active latents.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from analyzer.artifact import ArtifactError, config_fields
+from analyzer.artifact import config_fields
 from analyzer.declarations import declares
 from analyzer.lines import LineSpan, as_read, map_lines
 from analyzer.supervisor import Encoded, Supervisor
@@ -31,7 +36,13 @@ from analyzer.supervisor import Encoded, Supervisor
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """How line vectors become ranker inputs (saved in the artifact manifest)."""
+    """How line states become ranker inputs (saved in the artifact manifest).
+
+    Every input row ends with the declaration column (``declaration_column``): 1.0 for an
+    import/include/use line or a function/type header, else 0.0. It is language-agnostic, so what
+    Python teaches about such lines reaches other languages' signatures (validation repositories,
+    mean Top-1 0.212 -> 0.250, no length prior), and the ranker's length prior skips those lines.
+    """
 
     prefix: str = "```{language}\n"
     """Text put before the code (``{language}`` is filled in); keeps the code off position 0,
@@ -45,42 +56,21 @@ class FeatureConfig:
     from the rest of its file: lines of Java or C++ are longer than Python's across the board, and
     a ranker trained on Python extrapolates absolute lengths badly. Chosen on the Python dev split
     and on mined non-Python fixes, never on evaluation data (validation Top-1 0.159 -> 0.175)."""
-    declarations: bool = False
-    """Append 1.0 for a line that declares (an import/include/use line or a function/type header,
-    ``analyzer.declarations``), else 0.0: a language-agnostic column through which what Python
-    teaches about such lines reaches other languages' signatures. Last column when on."""
-    inputs: str = "sae"
-    """What the ranker reads for each line: ``sae``, the SAE's latents, or ``states``, the probed
-    layer's raw states (the SAE then only explains a line, naming its most over-active latents).
-    On real fixes in six languages, a ranker on the raw states of Qwen2.5-Coder-0.5B's layer 6 put
-    the buggy line first more often than one on the SAE's latents (validation repositories, mean
-    Top-1 0.213 vs 0.197 with the same length prior, docs/model-card.md)."""
-
-    def __post_init__(self) -> None:
-        if self.inputs not in ("sae", "states"):
-            raise ValueError(f"FeatureConfig.inputs must be 'sae' or 'states', got {self.inputs!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureConfig:
-        """Read a manifest's ``features``, as ``to_dict`` wrote it.
-
-        Models written while the latents could also be read uncentred record ``absolute: false``
-        and ``centre: true``: the one recipe that remains, so those two entries are dropped.
-        """
-        d = dict(d)
-        if d.pop("absolute", False) or not d.pop("centre", True):
-            raise ArtifactError("this model reads uncentred latents, which this ptbot no longer supports: "
-                                "build it again with `ptbot pretrain` and `ptbot bind`")
+        """Read a manifest's ``features``, as ``to_dict`` wrote it."""
         return cls(**config_fields(cls, d, "FeatureConfig"))
 
     def prefix_for(self, language: str | None) -> str:
         return self.prefix.replace("{language}", language or "")
 
-    def n_inputs(self, n_latents: int) -> int:
-        return n_latents + 2 * int(self.shape) + int(self.position) + int(self.declarations)
+    def n_inputs(self, d: int) -> int:
+        """Ranker inputs per line for ``d``-wide line states (the last one: the declaration column)."""
+        return d + 2 * int(self.shape) + int(self.position) + 1
 
 
 @dataclass(frozen=True)
@@ -160,36 +150,27 @@ def extract(sup: Supervisor, texts: Sequence[str], languages: Sequence[str | Non
     return [o for o in out if o is not None]
 
 
-def line_vectors(sae, states: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
-    """The per-line vectors the ranker's features are built from: (n_lines, d) states ->
-    (n_lines, n_latents) SAE latents, or the states themselves when ``cfg.inputs == "states"``."""
-    if cfg.inputs == "states":
-        return states
-    if not len(states):
-        return torch.zeros(0, sae.cfg.n_latents)
-    return sae.encode(states)
-
-
-def ranker_inputs(latents: torch.Tensor, lines: Sequence[LineSpan], cfg: FeatureConfig) -> torch.Tensor:
-    """(n_lines, n_latents) SAE latents of one snippet -> (n_lines, cfg.n_inputs(n_latents))."""
-    parts = [latents - latents.mean(dim=0, keepdim=True)]
+def ranker_inputs(states: torch.Tensor, lines: Sequence[LineSpan], cfg: FeatureConfig) -> torch.Tensor:
+    """(n_lines, d) line states of one snippet -> (n_lines, cfg.n_inputs(d)): the centred states,
+    the shape columns, and last the declaration column (``declaration_column``), which
+    ``analyzer.ranker`` reads to leave declaration lines out of its length prior."""
+    parts = [states - states.mean(dim=0, keepdim=True)]
     n = len(lines)
     # Column order [log tokens, position, log chars] is what shipped models were trained on.
     extra = []
     if cfg.shape:
-        extra.append(torch.tensor([float(s.n_tokens) for s in lines], dtype=latents.dtype).log1p())
+        extra.append(torch.tensor([float(s.n_tokens) for s in lines], dtype=states.dtype).log1p())
     if cfg.position:
-        extra.append(torch.arange(n, dtype=latents.dtype) / max(n - 1, 1))
+        extra.append(torch.arange(n, dtype=states.dtype) / max(n - 1, 1))
     if cfg.shape:
-        extra.append(torch.tensor([float(len(s.text.strip())) for s in lines], dtype=latents.dtype).log1p())
+        extra.append(torch.tensor([float(len(s.text.strip())) for s in lines], dtype=states.dtype).log1p())
     if extra:
         shape = torch.stack(extra, dim=1).reshape(n, len(extra))
         if cfg.relative_shape and cfg.shape:
             cols = [0, len(extra) - 1]  # log tokens and log chars; position is relative already
             shape[:, cols] -= shape[:, cols].mean(dim=0, keepdim=True)
         parts.append(shape)
-    if cfg.declarations:
-        parts.append(declaration_column(lines).to(latents.dtype))
+    parts.append(declaration_column(lines).to(states.dtype))
     return torch.cat(parts, dim=1)
 
 

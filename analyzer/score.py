@@ -105,9 +105,8 @@ class RiskScorer:
             if not sn.lines:
                 results.append([])
                 continue
-            z = self.sae.encode(sn.states)                      # (n, n_latents): explanations
-            v = z if self.features.inputs == "sae" else sn.states  # (n, n_latents) or (n, d)
-            x = ranker_inputs(v, sn.lines, self.features)       # (n, n_inputs)
+            z = self.sae.encode(sn.states)                      # (n, n_latents): explanations only
+            x = ranker_inputs(sn.states, sn.lines, self.features)  # (n, n_inputs): the ranker reads states
             tokens = torch.tensor([s.n_tokens for s in sn.lines])
             logits = self.ranker(x, tokens).float().numpy()     # (n,)
             probs = self.calibrator.predict(logits)

@@ -25,7 +25,7 @@ import torch
 from analyzer.features import StateCache
 from analyzer.ranker import RankerConfig
 from analyzer.supervisor import SupervisorConfig
-from lab.evaluate import _ranker_logits, _sae_inputs, _split, open_model, read_records
+from lab.evaluate import _inputs, _ranker_logits, _split, open_model, read_records
 from lab.metrics import brier_skill_score, ece
 from lab.ranker_training import Slate, train_ranker
 from lab.records import load_records
@@ -103,7 +103,7 @@ def main() -> None:
     sets = {"python-dev": read(args.dev), **{"val:" + p.stem: read(p) for p in args.select},
             **{p.stem: read(p) for p in args.tests}}
     with torch.no_grad():
-        feats = {id(r): _sae_inputs(loaded.sae, r, loaded.features)
+        feats = {id(r): _inputs(r, loaded.features)
                  for r in fit + [x for rs in sets.values() for x in rs]}
     ranker_cfg = {k: v for k, v in loaded.manifest["ranker"].items() if k not in ("d_in", "seed")}
     base_rate = float(np.concatenate([r.labels for r in fit]).mean())

@@ -4,18 +4,18 @@ PtTrust (and ptbot) take the probed layer's state at each line's *last* token: a
 that state has read the whole prefix, but it is dominated by the last token itself (often ``)``,
 ``;`` or ``{``, the same in every language). The mean of the states of every token that starts on
 the line is the usual alternative (sentence embeddings): it carries what the line says, not how it
-ends. This study compares, for the raw-state probe (the same ranker the product trains over SAE
-latents; the SAE is pretrained on line-end states, so it is left out of this first check):
+ends. This study compares, for the product's ranker (trained without its length prior):
 
 - ``end``: the line-end state (what ships),
 - ``mean``: the mean over the line's tokens,
 - ``end+mean``: both, concatenated,
 
-each with the shipped feature recipe (states centred per file, relative shape and position
-columns), trained on the Python fit records (``--fit``), scored on the Python dev split and on the
-transfer-validation sets (``--select``, mined real fixes; never evaluation data), with the length
-prior added at 6 as ``ptbot`` scores. One forward pass per text gives all three (no state cache:
-the pooled vectors are not what ``StateCache`` stores).
+each with the shipped feature recipe (states centred per file, relative shape, position and
+declaration columns), trained on the Python fit records (``--fit``), scored on the Python dev split
+and on the transfer-validation sets (``--select``, mined real fixes; never evaluation data), alone
+and with a length prior of weight ``--prior`` added to every line (the product's prior skips
+declaration lines; this study's does not). One forward pass per text gives all three (no state
+cache: the pooled vectors are not what ``StateCache`` stores).
 
     python benchmarks/pooling_study.py --fit split/fit_nodb.jsonl --dev split/dev.jsonl \\
         --select xval/*.jsonl --seeds 8
@@ -34,12 +34,36 @@ import torch
 from tqdm import tqdm
 
 from analyzer.features import SnippetLines, ranker_inputs, supervisor_input
+from analyzer.ranker import RankerConfig, length_prior_term
 from analyzer.supervisor import SupervisorConfig
-from lab.evaluate import EvalConfig, Reading, _ranker_method, open_model
+from lab.evaluate import Reading, _ranker_logits, _split, open_model
+from lab.metrics import SnippetPrediction, topk_hit_rate
+from lab.ranker_training import Slate, train_ranker
 from lab.records import load_records
 
-sys.path.insert(0, str(Path(__file__).parent))
-from select_variants import _metrics, _with_length_offset  # noqa: E402
+
+def _ranker_run(seed: int, fit: list[Reading], tests: dict[str, list[Reading]], feats,
+                ranker_cfg: dict) -> dict[str, list[SnippetPrediction]]:
+    """One ranker trained on ``fit`` (early-stopped on a seeded fifth of it); its scores on ``tests``."""
+    inner_fit, inner_dev = _split(fit, 0.2, seed)
+
+    def slates(rs: list[Reading]) -> list[Slate]:
+        return [Slate(features=feats(r), labels=torch.tensor(r.labels, dtype=torch.float32),
+                      tokens=torch.tensor(r.tokens), group=r.group) for r in rs]
+
+    dev = slates(inner_dev)
+    cfg = RankerConfig(**{**ranker_cfg, "d_in": dev[0].features.shape[1], "seed": seed})
+    ranker, _ = train_ranker(cfg, slates(inner_fit), dev, progress=False)
+    with torch.no_grad():
+        return {n: [SnippetPrediction(scores=_ranker_logits(ranker, feats(r), r), labels=r.labels, tokens=r.tokens,
+                                      group=r.group) for r in rs] for n, rs in tests.items()}
+
+
+def _top1_with_prior(preds: list[SnippetPrediction], weight: float) -> float:
+    """Top-1 of the learned logits plus ``weight`` x ``length_prior_term`` on every line."""
+    return topk_hit_rate([SnippetPrediction(scores=p.scores + weight * length_prior_term(
+        torch.as_tensor(p.tokens)).double().numpy(), labels=p.labels, tokens=p.tokens, group=p.group)
+        for p in preds], 1)
 
 
 def read_pooled(loaded, records, desc: str, chunk: int = 32) -> dict[str, list[Reading]]:
@@ -74,7 +98,7 @@ def main() -> None:
     ap.add_argument("--select", nargs="+", type=Path, required=True)
     ap.add_argument("--model", type=Path, default=Path("analyzer/default_model"))
     ap.add_argument("--seeds", type=int, default=8)
-    ap.add_argument("--prior", type=float, default=6.0)
+    ap.add_argument("--prior", type=float, default=3.0)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cache_root = Path(os.environ.get("PTBOT_CACHE_DIR", "~/.cache/ptbot")).expanduser()
@@ -95,11 +119,9 @@ def main() -> None:
         tests = {n: s[pool] for n, s in sets.items()}
         alone, prior = [], []  # per seed: {set: Top-1}
         for seed in range(args.seeds):
-            run = _ranker_method(pool, seed * 100 + 1, fit[pool], tests, feats, ranker_cfg,
-                                 EvalConfig(methods=("probe",)), calibrate_on="dev")
-            alone.append({n: _metrics(p)["top1"] for n, p in run.predictions.items()})
-            prior.append({n: _metrics(_with_length_offset(p, args.prior))["top1"]
-                          for n, p in run.predictions.items()})
+            preds = _ranker_run(seed * 100 + 1, fit[pool], tests, feats, ranker_cfg)
+            alone.append({n: topk_hit_rate(p, 1) for n, p in preds.items()})
+            prior.append({n: _top1_with_prior(p, args.prior) for n, p in preds.items()})
             print(f"{pool} seed {seed}: dev {prior[-1]['dev']:.3f}", file=sys.stderr)
         val = [n for n in names if n.startswith("val:")]
         for label, per_seed in (("alone", alone), (f"+prior {args.prior:g}", prior)):

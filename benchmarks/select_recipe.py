@@ -43,7 +43,7 @@ from analyzer.supervisor import Supervisor, SupervisorConfig, default_cache_dir
 # Validation records carry their repository's family (``meta.family``, ``miners.corpus.FAMILIES``);
 # short names keep one row per variant readable.
 SHORT = {"Python": "Py", "JavaScript/TypeScript": "JS", "Java": "Java", "Go": "Go", "C/C++": "C", "Rust": "Rust"}
-FEAT = FeatureConfig(inputs="states", declarations=True, relative_shape=True)
+FEAT = FeatureConfig()
 _SUP = None
 
 
@@ -188,7 +188,7 @@ def main():
         if args.model == "ens":
             ms = []
             for k in range(args.members):
-                cfg = RankerConfig(d_in=d_in, length_prior=args.prior, prior_skips_declarations=True,
+                cfg = RankerConfig(d_in=d_in, length_prior=args.prior, members=1,
                                    seed=seed * 100 + k, hidden=args.hidden, lr=args.lr)
                 ms.append(train_ranker(cfg, fit, dev, progress=False)[0])
             res.append(report(f"ens{args.members} L{args.layers} seed {seed}",
@@ -198,7 +198,7 @@ def main():
             res.append(report(f"ctxens{args.members} L{args.layers} seed {seed}",
                               lambda s: torch.stack([m.score(s.features, s.tokens) for m in ms]).mean(0), val))
         elif args.model == "mlp":
-            cfg = RankerConfig(d_in=d_in, length_prior=args.prior, prior_skips_declarations=True, seed=seed,
+            cfg = RankerConfig(d_in=d_in, length_prior=args.prior, members=1, seed=seed,
                                hidden=args.hidden, lr=args.lr)
             m, _ = train_ranker(cfg, fit, dev, progress=False)
             res.append(report(f"mlp L{args.layers} seed {seed}", lambda s: m(s.features, s.tokens), val))

@@ -40,9 +40,8 @@ from analyzer.features import StateCache
 from analyzer.supervisor import Supervisor
 from analyzer.types import Record
 from lab import train
-from lab.calibration_fit import DEFAULT_METHOD, fit_calibrator
+from lab.calibration_fit import fit_calibrator
 from lab.metrics import SnippetPrediction, evaluate, topk_hit_rate
-from lab.ranker_training import DEFAULT_CALIBRATE_ON
 from lab.rebind import GateConfig, decide, version_predictions
 
 log = logging.getLogger(__name__)
@@ -67,11 +66,8 @@ class AdaptConfig:
     seed: int = 0
     """Seed of bind's dev split, the ranker's initialisation and the bootstrap."""
     dev_fraction: float = 0.2
-    """Share of fit problems bind holds out for early stopping."""
-    calibration: str = DEFAULT_METHOD
-    """Calibration method of the candidate (``analyzer.calibrate``)."""
-    calibrate_on: str = DEFAULT_CALIBRATE_ON
-    """Logits the candidate's map is fitted on (``ranker_training.held_out_logits``)."""
+    """Share of fit problems bind holds out for early stopping (and calibration, when the fit records
+    have fewer than two sources to hold out, as one repository's own fixes alone have)."""
     n_boot: int = 200
     """Bootstrap replicates for the confidence intervals of the forward-slice metrics."""
     max_k: int = 10
@@ -89,9 +85,9 @@ class AdaptConfig:
     the serving ranker; ``ranker["lr"]`` overrides it."""
 
     def __post_init__(self) -> None:
-        # The gate's own checks (metric, margin, fractions, calibration) apply unchanged.
+        # The gate's own checks (metric, margin, fractions) apply unchanged.
         GateConfig(min_gain=self.min_gain, metric=self.metric, seed=self.seed, dev_fraction=self.dev_fraction,
-                   calibration=self.calibration, calibrate_on=self.calibrate_on, n_boot=self.n_boot)
+                   n_boot=self.n_boot)
         if not self.fine_tune_lr > 0:
             raise ValueError(f"fine_tune_lr must be > 0, got {self.fine_tune_lr}")
         if self.max_k < 3:
@@ -257,8 +253,7 @@ def adapt_home(sup: Supervisor, home: Path | str, split: ForwardSplit, *, reposi
     try:
         ranker_cfg = {"lr": cfg.fine_tune_lr, **cfg.ranker} if cfg.fine_tune else dict(cfg.ranker)
         train.bind(sup, cand, fit, ranker_cfg=ranker_cfg or None, dev_fraction=cfg.dev_fraction,
-                   seed=cfg.seed, calibration=cfg.calibration, calibrate_on=cfg.calibrate_on,
-                   progress=progress, cache=cache, warm_start=cfg.fine_tune)
+                   seed=cfg.seed, progress=progress, cache=cache, warm_start=cfg.fine_tune)
         kw = dict(cache=cache, progress=progress)
         fit_preds = version_predictions(sup, cand, fit, desc="fit", **kw) or []
         by_lang: dict[str, dict[str, list[SnippetPrediction]]] = {}

@@ -19,18 +19,17 @@ from analyzer.calibrate import Calibrator, as_scores, centred_columns, sigmoid
 
 logger = logging.getLogger(__name__)
 
-FITTED = ("platt", "temperature", "centred")
-"""The methods ``fit_calibrator`` can fit (``identity`` has no parameters)."""
-DEFAULT_METHOD = "centred"
-"""What ``bind``, ``rebind`` and ``eval`` fit unless told otherwise (lowest ECE on mined fixes)."""
+FITTED = ("centred", "platt")
+"""The maps ``fit_calibrator`` fits: ``centred``, every model's; ``platt``, the baselines' only
+(``analyzer.calibrate``)."""
 
 
-def fit_calibrator(scores: Sequence[Any], labels: Sequence[Any], method: str = DEFAULT_METHOD,
+def fit_calibrator(scores: Sequence[Any], labels: Sequence[Any], method: str = "centred",
                    l2: float = 1e-4) -> Calibrator:
     """Fit ``method`` on held-out logits and 0/1 labels given file by file: one (n_i,) array per file.
 
-    Both classes must be present. For ``platt`` and ``temperature`` the files only pool; the
-    ``centred`` map needs them, because it reads each logit against its file's mean.
+    Both classes must be present. For ``platt`` the files only pool; the ``centred`` map needs
+    them, because it reads each logit against its file's mean.
     """
     if len(scores) != len(labels):
         raise ValueError(f"fit_calibrator: {len(scores)} files of scores but {len(labels)} of labels")
@@ -62,8 +61,8 @@ def fit_calibrator(scores: Sequence[Any], labels: Sequence[Any], method: str = D
         start = np.array([1.0, prior, 0.0])
     else:
         s = np.concatenate(files)
-        design = np.stack([s, np.ones_like(s)], axis=1) if method == "platt" else s[:, None]
-        start = np.array([1.0, prior]) if method == "platt" else np.array([1.0])
+        design = np.stack([s, np.ones_like(s)], axis=1)
+        start = np.array([1.0, prior])
     theta, converged = _newton(design, y, l2, start)
     if not converged:
         logger.warning("calibration (%s) did not converge in 100 Newton steps; using the last iterate", method)

@@ -6,7 +6,7 @@ The harness:
    ``baselines.FullPassCache``), so a second evaluation on the same data never runs the model;
 2. split the training records by problem into fit/dev (``records.split_by_problem``, seeded):
    trainable methods fit on ``fit``, early-stop on ``dev`` and calibrate on held-out training
-   records (``dev``, or each source scored by a ranker trained without it); test records are only
+   records (each source scored by a ranker trained without it, or ``dev``); test records are only
    ever scored. Each ``MethodRun`` records the ids whose labels it trained and calibrated on, so
    the separation is checkable (and it is checked in tests);
 3. score every test set with every method and compute ``metrics.evaluate`` with the training
@@ -14,14 +14,14 @@ The harness:
    spread under ``"seeds"``.
 
 Methods:
-- ``pttrust``: the ranker (NeuralNDCG + BCE, ``analyzer.ranker``) trained over the model
-  directory's SAE latents, trained and calibrated the way the model was bound: on its ranker
-  sources only (``bind --ranker-sources``, since 0.6.0), its map (``centred`` since 0.4.0,
-  ``analyzer.calibrate``) fitted on the logits ``ranker_training.held_out_logits`` names (each source
-  scored by a ranker trained without it, since 0.5.0); with no training records, the model
+- ``pttrust``: the ranker (NeuralNDCG + BCE, ``analyzer.ranker``) with the model directory's
+  ranker settings, on its features of the raw line states, trained and calibrated as ``bind``
+  does: the centred map (``analyzer.calibrate``) fitted on the logits
+  ``ranker_training.held_out_logits`` gives (each source scored by a ranker trained without it,
+  or the dev split's with fewer than two sources); with no training records, the model
   directory's shipped ranker and calibrator as they are;
-- ``probe``: the same ranker architecture and feature logic (per-snippet centring, shape
-  features, same calibration) on the raw hidden states of the same layer, i.e. without the SAE;
+- ``probe``: the same ranker, features and calibration without the length prior: what the
+  line states alone say (the paper's probing classifier);
 - ``lookback`` / ``lookback_mlp``, ``uncertainty``, ``length``, ``random``: ``lab.baselines``.
   Scores of methods that do not learn (length, uncertainty) are Platt-calibrated on the training
   lines so that they get a Brier score too; ``random`` predicts the training base rate.
@@ -43,17 +43,17 @@ import torch
 
 from analyzer import artifact
 from analyzer.calibrate import Calibrator
-from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, line_vectors, ranker_inputs
+from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, ranker_inputs
 from analyzer.ranker import RankerConfig, load_ranker
 from analyzer.sae import load_sae
 from analyzer.supervisor import Supervisor, SupervisorConfig, supervisor_ref
 from analyzer.types import Record
 from lab.baselines import (CONTEXT_KEYS, ClassifierConfig, FullPassCache, FullPassLines, LineClassifier,
                            length_scores, random_scores, read_full, uncertainty_scores)
-from lab.calibration_fit import DEFAULT_METHOD, fit_calibrator
+from lab.calibration_fit import fit_calibrator
 from lab.metrics import (SnippetPrediction, bootstrap_ci, evaluate, random_topk_hit_rate, snippet_auroc,
                          summarize_seeds, topk_hit_rate)
-from lab.ranker_training import DEFAULT_CALIBRATE_ON, Slate, by_source, held_out_logits, train_ranker
+from lab.ranker_training import Slate, held_out_logits, train_ranker
 from lab.records import problem_key, refuse_test_repositories, split_by_problem
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ class EvalConfig:
     seeds: int = 1
     """Seeds per trainable method (fit/dev split and initialisation both change with the seed)."""
     dev_fraction: float = 0.2
-    """Share of training problems held out for early stopping (and calibration, for models bound with ``dev``)."""
+    """Share of training problems held out for early stopping (and calibration, when the training
+    records have fewer than two sources to hold out)."""
     n_boot: int = 1000
     """Bootstrap replicates (problems resampled) for the 95% intervals; 0 = no intervals."""
     curve_k: int = 10
@@ -244,34 +245,23 @@ def _ranker_logits(ranker, x: torch.Tensor, r: Reading) -> np.ndarray:
 
 
 def _ranker_method(name: str, seed: int, train: Sequence[Reading], tests: Mapping[str, Sequence[Reading]],
-                   feats, ranker_cfg: dict[str, Any], cfg: EvalConfig,
-                   calibration: str = DEFAULT_METHOD, calibrate_on: str = DEFAULT_CALIBRATE_ON,
-                   ranker_sources: Sequence[str] | None = None) -> MethodRun:
-    """Train the per-line ranker on ``feats(reading)`` (fit split), early-stop on dev, calibrate on the
-    held-out logits ``calibrate_on`` names (``ranker_training.held_out_logits``), score tests. With
-    ``ranker_sources``, only those sources train the ranker; the others' fit records join the map's data."""
+                   feats, ranker_cfg: dict[str, Any], cfg: EvalConfig) -> MethodRun:
+    """Train the per-line ranker on ``feats(reading)`` (fit split), early-stop on dev, fit the centred
+    map on held-out logits as ``bind`` does (``ranker_training.held_out_logits``), score tests."""
     fit, dev = _split(train, cfg.dev_fraction, seed)
 
     def slates(rs: Sequence[Reading]) -> list[Slate]:
         return [Slate(features=feats(r), labels=torch.tensor(r.labels, dtype=torch.float32),
                       tokens=torch.tensor(r.tokens), group=r.group, source=r.record.source) for r in rs]
 
-    if ranker_sources is not None:
-        missing = set(ranker_sources) - {r.record.source for r in train}
-        if missing:
-            raise ValueError(f"the model's ranker learns from source(s) {', '.join(sorted(missing))}, which no "
-                             "--train record comes from; pass the files it was bound on")
-    fit, unseen = by_source(fit, ranker_sources, lambda r: r.record.source)
-    dev, _ = by_source(dev, ranker_sources, lambda r: r.record.source)
     fit_s, dev_s = slates(fit), slates(dev)
     rc = RankerConfig(**{**ranker_cfg, "d_in": fit_s[0].features.shape[1], "seed": seed})
     ranker, _ = train_ranker(rc, fit_s, dev_s, progress=cfg.progress)
-    cal_logits, cal_labels, info = held_out_logits(ranker, fit_s, dev_s, calibrate_on,
-                                                   unseen=slates(unseen))
-    calibrated_on = _ids(unseen) | (_ids(dev) if info["calibrated_on"] == "dev" else
-                                    _ids([r for r in (*fit, *dev) if r.record.source in info["held_out_sources"]]))
+    cal_logits, cal_labels, info = held_out_logits(ranker, fit_s, dev_s)
+    calibrated_on = (_ids(dev) if info["calibrated_on"] == "dev" else
+                     _ids([r for r in (*fit, *dev) if r.record.source in info["held_out_sources"]]))
     with torch.no_grad():
-        calib = fit_calibrator([x.double().numpy() for x in cal_logits], [y.numpy() for y in cal_labels], calibration)
+        calib = fit_calibrator([x.double().numpy() for x in cal_logits], [y.numpy() for y in cal_labels], "centred")
         run = MethodRun(name, seed, _ids(fit), calibrated_on)
         for ds, rs in tests.items():
             out = []
@@ -410,12 +400,11 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
 
     if model_dir is not None:
         loaded = open_model(model_dir, supervisor)
-        sup, sae, features, manifest = loaded.sup, loaded.sae, loaded.features, loaded.manifest
+        sup, features, manifest = loaded.sup, loaded.features, loaded.manifest
     else:
         if "pttrust" in cfg.methods:
             raise ValueError("pttrust needs --model (a directory with an SAE from `ptbot pretrain`)")
-        sup, sae, features, manifest = Supervisor.load(replace(supervisor, full=False)), None, FeatureConfig(), {}
-    _warn_sae_overlap(manifest, train, tests)
+        sup, features, manifest = Supervisor.load(replace(supervisor, full=False)), FeatureConfig(), {}
     cache = StateCache(cache_root, sup) if cache_root is not None else None
 
     train_r = read_records(sup, train, features, cache, cfg.progress, "reading code (train)")
@@ -448,13 +437,6 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
     ranker_cfg = {k: v for k, v in bound.items() if k not in ("d_in", "seed")}
     if cfg.ranker_epochs is not None:
         ranker_cfg["epochs"] = cfg.ranker_epochs
-    # Rankers trained here are calibrated the way the model was bound (the defaults for unbound ones;
-    # models bound before cross-source calibration existed were calibrated on dev).
-    calibration = (manifest.get("calibration") or {}).get("method", DEFAULT_METHOD)
-    calibration = "platt" if calibration == "identity" else calibration
-    calibrate_on = (manifest.get("ranker_training") or {}).get("calibrated_on",
-                                                               "dev" if bound else DEFAULT_CALIBRATE_ON)
-    ranker_sources = (manifest.get("ranker_training") or {}).get("ranker_sources")
 
     runs: list[MethodRun] = []
     by_method: dict[str, list[MethodRun]] = {}
@@ -463,18 +445,13 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
         for seed in seeds:
             log.info("evaluating %s (seed %d)", method, seed)
             if method == "pttrust" and train_r:
-                run = _ranker_method(method, seed, train_r, test_r,
-                                     lambda r: _sae_inputs(sae, r, features), ranker_cfg, cfg,
-                                     calibration=calibration, calibrate_on=calibrate_on,
-                                     ranker_sources=ranker_sources)
+                run = _ranker_method(method, seed, train_r, test_r, lambda r: _inputs(r, features), ranker_cfg, cfg)
             elif method == "pttrust":
                 run = _shipped_pttrust(loaded, test_r)
             elif method == "probe":
                 # The paper's probing classifier: the ranker alone, without the product's length prior.
-                run = _ranker_method(method, seed, train_r, test_r,
-                                     lambda r: ranker_inputs(r.snippet.states, r.snippet.lines, features),
-                                     {**ranker_cfg, "length_prior": 0.0}, cfg, calibration=calibration,
-                                     calibrate_on=calibrate_on, ranker_sources=ranker_sources)
+                run = _ranker_method(method, seed, train_r, test_r, lambda r: _inputs(r, features),
+                                     {**ranker_cfg, "length_prior": 0.0}, cfg)
             elif method in ("lookback", "lookback_mlp"):
                 run = _classifier_method(method, "logistic" if method == "lookback" else "mlp",
                                          seed, train_r, test_r, cfg)
@@ -492,20 +469,10 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
     return EvalReport(results, runs, base_rate)
 
 
-def _warn_sae_overlap(manifest: dict[str, Any], train: Sequence[Record],
-                      tests: Mapping[str, Sequence[Record]]) -> None:
-    """Stage 1 learns from buggy/fixed pairs, so an SAE pretrained on the test files has seen them."""
-    sae_langs = set((manifest.get("sae_training") or {}).get("languages") or [])
-    test_langs = {r.language for rs in tests.values() for r in rs} - {r.language for r in train}
-    if sae_langs & test_langs:
-        log.warning("the model's SAE was pretrained on %s records and the test files contain that language: "
-                    "if the SAE's data included the test files, pttrust has seen their buggy/fixed pairs",
-                    ", ".join(sorted(sae_langs & test_langs)))
-
-
-def _sae_inputs(sae, r: Reading, features: FeatureConfig) -> torch.Tensor:
+def _inputs(r: Reading, features: FeatureConfig) -> torch.Tensor:
+    """The ranker's inputs for one reading's lines (``analyzer.features.ranker_inputs``)."""
     with torch.no_grad():
-        return ranker_inputs(line_vectors(sae, r.snippet.states, features), r.snippet.lines, features)
+        return ranker_inputs(r.snippet.states, r.snippet.lines, features)
 
 
 def _shipped_pttrust(loaded: LoadedModel, tests: Mapping[str, Sequence[Reading]]) -> MethodRun:
@@ -520,7 +487,7 @@ def _shipped_pttrust(loaded: LoadedModel, tests: Mapping[str, Sequence[Reading]]
         for ds, rs in tests.items():
             out = []
             for r in rs:
-                logits = _ranker_logits(ranker, _sae_inputs(loaded.sae, r, loaded.features), r)
+                logits = _ranker_logits(ranker, _inputs(r, loaded.features), r)
                 out.append(_prediction(r, logits, calib.predict(logits)))
             run.predictions[ds] = out
     return run

@@ -14,9 +14,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +29,6 @@ from lab.metrics import SnippetPrediction, topk_hit_rate
 logger = logging.getLogger(__name__)
 
 _EPS = 1e-10  # allRank DEFAULT_EPS
-T = TypeVar("T")
 
 
 def _sinkhorn(mat: Tensor, pad: Tensor, tol: float = 1e-6, max_iter: int = 50) -> Tensor:
@@ -310,58 +308,33 @@ def _architecture(cfg: RankerConfig) -> tuple[int, int, int, int]:
     return cfg.d_in, cfg.hidden, cfg.layers, cfg.members
 
 
-CALIBRATE_ON = ("cross-source", "dev")
-"""Where the logits a calibration map is fitted on come from (``held_out_logits``)."""
-DEFAULT_CALIBRATE_ON = "cross-source"
-"""What ``bind``, ``rebind`` and ``eval`` use unless told otherwise (lowest ECE on mined fixes)."""
-
-
-def by_source(items: Sequence[T], sources: Collection[str] | None,
-              source: Callable[[T], str] = lambda s: s.source) -> tuple[list[T], list[T]]:
-    """(the items, slates by default, whose ``source(item)`` is in ``sources``, the others); None keeps all."""
-    if sources is None:
-        return list(items), []
-    return [x for x in items if source(x) in sources], [x for x in items if source(x) not in sources]
-
-
-def held_out_logits(model: RankerMLP, train: list[Slate], dev: list[Slate], calibrate_on: str = DEFAULT_CALIBRATE_ON,
-                    progress: bool = False, unseen: Sequence[Slate] = (),
+def held_out_logits(model: RankerMLP, train: list[Slate], dev: list[Slate], progress: bool = False,
                     ) -> tuple[list[Tensor], list[Tensor], dict[str, Any]]:
-    """Logits and labels, one (L,) pair per slate, to fit a calibration map on; and what they are.
+    """Logits and labels, one (L,) pair per slate, to fit the calibration map on; and what they are.
 
-    ``model`` was trained on ``train`` and early-stopped on ``dev``. ``unseen``: labelled slates of
-    sources kept out of the ranker's training (``bind --ranker-sources``); ``model``'s own logits on
-    them are out of source already, and join the logits of either choice below.
+    ``model`` was trained on ``train`` and early-stopped on ``dev``. For each source (``Slate.source``),
+    the logits of all its slates (train and dev) come from a ranker with ``model``'s settings trained
+    and early-stopped on the other sources only. The product scores languages and projects it never
+    saw labels for; a ranker scoring a source it never saw is shifted the same way, so the map
+    learns the confidence it has there (on mined fixes in five other languages: ECE 0.041 with the
+    dev split's logits, 0.027 with these). Costs one ranker per source.
 
-    - ``"dev"``: ``model``'s logits on ``dev``. Those slates picked ``model``'s epoch, so the
-      map learns a ranker that is as sure of itself as it is on data like its own.
-    - ``"cross-source"``: for each source, the logits of all its slates (train and dev) from a
-      ranker with ``model``'s settings trained and early-stopped on the other sources only. The
-      product scores languages and projects it never saw labels for; a ranker scoring a source it
-      never saw is shifted the same way, so the map learns the confidence it has there (on mined
-      fixes in five other languages: ECE 0.041 -> 0.027). Costs one ranker per source.
-      A source that would leave the others without a train or dev slate is not held out; with
-      fewer than two sources held out this falls back to ``"dev"``, and says so in the returned info.
+    A source that would leave the others without a train or dev slate is not held out; with fewer
+    than two sources held out (records of one repository, say) the logits are ``model``'s own on
+    ``dev`` instead, the slates that picked its epoch.
 
-    Info: ``{"calibrated_on": "dev" | "cross-source", "held_out_sources": [...], "unseen_sources": [...]}``.
+    Info: ``{"calibrated_on": "cross-source" | "dev", "held_out_sources": [...]}``.
     """
-    if calibrate_on not in CALIBRATE_ON:
-        raise ValueError(f"unknown calibrate_on {calibrate_on!r}; use one of {', '.join(CALIBRATE_ON)}")
     sources = sorted({s.source for s in (*train, *dev)})
     usable = [src for src in sources
               if any(s.source != src for s in train) and any(s.source != src for s in dev)]
-    if calibrate_on == "cross-source" and len(usable) < 2:
+    if len(usable) < 2:
         logger.warning("cross-source calibration needs records from at least two sources that can each be "
                        "held out (found %s); calibrating on the dev split instead", sources)
-        calibrate_on = "dev"
-    with torch.no_grad():
-        logits = [model(s.features, s.tokens).float() for s in unseen]
-    labels = [s.labels for s in unseen]
-    unseen_sources = sorted({s.source for s in unseen})
-    if calibrate_on == "dev":
         with torch.no_grad():
-            return (logits + [model(s.features, s.tokens).float() for s in dev], labels + [s.labels for s in dev],
-                    {"calibrated_on": "dev", "held_out_sources": [], "unseen_sources": unseen_sources})
+            return ([model(s.features, s.tokens).float() for s in dev], [s.labels for s in dev],
+                    {"calibrated_on": "dev", "held_out_sources": []})
+    logits, labels = [], []
     for src in usable:
         logger.info("cross-source calibration: ranker without %r", src)
         other, _ = train_ranker(model.cfg, [s for s in train if s.source != src], [s for s in dev if s.source != src],
@@ -371,5 +344,4 @@ def held_out_logits(model: RankerMLP, train: list[Slate], dev: list[Slate], cali
                 if s.source == src:
                     logits.append(other(s.features, s.tokens).float())
                     labels.append(s.labels)
-    return logits, labels, {"calibrated_on": "cross-source", "held_out_sources": usable,
-                            "unseen_sources": unseen_sources}
+    return logits, labels, {"calibrated_on": "cross-source", "held_out_sources": usable}

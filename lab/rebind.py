@@ -23,19 +23,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from analyzer import artifact, versions
 from analyzer.calibrate import Calibrator
 from analyzer.features import FeatureConfig, StateCache
 from analyzer.ranker import load_ranker
-from analyzer.sae import load_sae
 from analyzer.supervisor import Supervisor, supervisor_ref
 from analyzer.types import Record
 from lab import train
-from lab.calibration_fit import DEFAULT_METHOD, FITTED
 from lab.metrics import SnippetPrediction, evaluate
-from lab.ranker_training import CALIBRATE_ON, DEFAULT_CALIBRATE_ON
 from lab.records import in_dev, problem_key
 
 log = logging.getLogger(__name__)
@@ -57,11 +53,8 @@ class GateConfig:
     metric: str = "top1"
     """Metric of ``lab.metrics.evaluate`` that decides: top1/3/5, auroc, bss, brier, ece."""
     dev_fraction: float = 0.2
-    """Share of training problems bind holds out for early stopping (and calibration, with ``calibrate_on="dev"``)."""
-    calibration: str = DEFAULT_METHOD
-    """Calibration method for the candidate (``centred``, ``platt`` or ``temperature``; ``analyzer.calibrate``)."""
-    calibrate_on: str = DEFAULT_CALIBRATE_ON
-    """Logits the candidate's map is fitted on: ``cross-source`` or ``dev`` (``ranker_training.held_out_logits``)."""
+    """Share of training problems bind holds out for early stopping (and calibration, when the
+    records have fewer than two sources to hold out: ``lab.train.bind``)."""
     n_boot: int = 200
     """Bootstrap replicates for the confidence intervals recorded with the gate metrics."""
 
@@ -77,10 +70,6 @@ class GateConfig:
             raise ValueError(f"min_gain must be a finite number >= 0, got {self.min_gain}")
         if self.n_boot < 0:
             raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
-        if self.calibration not in FITTED:
-            raise ValueError(f"unknown calibration {self.calibration!r}; use one of {', '.join(FITTED)}")
-        if self.calibrate_on not in CALIBRATE_ON:
-            raise ValueError(f"unknown calibrate_on {self.calibrate_on!r}; use one of {', '.join(CALIBRATE_ON)}")
 
 
 @dataclass(frozen=True)
@@ -127,10 +116,9 @@ def version_predictions(sup: Supervisor, model_dir: Path, records: Sequence[Reco
         return None
     artifact.check_supervisor(manifest, supervisor_ref(sup), model_dir)
     features = FeatureConfig.from_dict(manifest["features"])
-    sae = load_sae(model_dir, manifest["sae"]).to(torch.float32)
     ranker = load_ranker(model_dir, manifest["ranker"]).eval()
     calib = Calibrator.from_dict(manifest["calibration"])
-    slates = train.make_slates(sup, sae, records, features, progress,
+    slates = train.make_slates(sup, records, features, progress,
                                f"reading code ({desc}, {Path(model_dir).name})", cache)
     return train.predictions(ranker, calib, slates)
 
@@ -167,13 +155,12 @@ def decide(old: dict[str, Any] | None, new: dict[str, Any], metric: str, min_gai
 
 def rebind_with_gate(sup: Supervisor, home: Path | str, seed_records: Sequence[Record],
                      feedback_records: Sequence[Record], *, holdout: float = 0.3, seed: int = 0,
-                     min_gain: float = 0.0, metric: str = "top1", dev_fraction: float = 0.2,
-                     calibration: str = DEFAULT_METHOD, calibrate_on: str = DEFAULT_CALIBRATE_ON, n_boot: int = 200,
+                     min_gain: float = 0.0, metric: str = "top1", dev_fraction: float = 0.2, n_boot: int = 200,
                      ranker_cfg: dict[str, Any] | None = None, cache: StateCache | None = None,
                      progress: bool = True) -> GateResult:
     """Train a candidate version on seed + feedback-train; promote it only if it wins the gate."""
     cfg = GateConfig(holdout=holdout, seed=seed, min_gain=min_gain, metric=metric,
-                     dev_fraction=dev_fraction, calibration=calibration, calibrate_on=calibrate_on, n_boot=n_boot)
+                     dev_fraction=dev_fraction, n_boot=n_boot)
     home = Path(home)
     if not feedback_records:
         raise ValueError("no feedback records: run `ptbot feedback export` (or wait for labels) first")
@@ -185,17 +172,10 @@ def rebind_with_gate(sup: Supervisor, home: Path | str, seed_records: Sequence[R
     serving_dir = versions.current_dir(home)
     log.info("re-binding %s (serving %s): %d seed + %d feedback-train records, %d held out",
              home, serving, len(seed_records), len(fb_train), len(fb_held))
-    # A serving model whose ranker learned from some sources only keeps that choice; feedback
-    # (reviewers' labels on the team's own code) always trains the candidate's ranker.
-    served = (artifact.read_manifest(serving_dir).get("ranker_training") or {}).get("ranker_sources")
-    ranker_sources = (sorted((set(served) & {r.source for r in seed_records}) | {r.source for r in fb_train})
-                      if served else None)
     cand = versions.new_version_dir(home)
     try:
         train.bind(sup, cand, list(seed_records) + fb_train, ranker_cfg=ranker_cfg,
-                   dev_fraction=cfg.dev_fraction, seed=cfg.seed, calibration=cfg.calibration,
-                   calibrate_on=cfg.calibrate_on, ranker_sources=ranker_sources,
-                   progress=progress, cache=cache)
+                   dev_fraction=cfg.dev_fraction, seed=cfg.seed, progress=progress, cache=cache)
         kw = dict(n_boot=cfg.n_boot, seed=cfg.seed, cache=cache, progress=progress)
         old = evaluate_version(sup, serving_dir, fb_held, **kw)
         new = evaluate_version(sup, cand, fb_held, **kw)

@@ -2,7 +2,7 @@
 
 ``ptbot recipe`` rebuilds the shipped model from its data card: it builds the corpus
 (``miners.corpus``), then calls ``build`` here, which pretrains the SAE on the corpus's training
-repositories (stage 1; the SAE only explains lines in this recipe) and binds the ranker and its
+repositories (stage 1; the SAE only explains lines) and binds the ranker and its
 calibration on them plus the Python benchmark sets (stage 2). Every field of ``Recipe`` is a choice
 made on the corpus's validation repositories; the manifest records the recipe it was built with.
 """
@@ -26,7 +26,12 @@ SPLIT_FILES = ("train.jsonl",)
 
 @dataclass(frozen=True)
 class Recipe:
-    """How the default model is made from the real-fix corpus."""
+    """How the default model is made from the real-fix corpus.
+
+    What is not a field here is not a choice: the ranker reads the raw line states with the
+    declaration column (``analyzer.features``), and ``lab.train.bind`` always fits the centred
+    calibration map cross-source.
+    """
 
     supervisor: str = "qwen2.5-coder-0.5b"
     """The supervisor LLM (an embedded name, so a fresh install reads code the same way offline)."""
@@ -44,22 +49,15 @@ class Recipe:
     extra_sets: tuple[str, ...] = ("humanevalpack-python.jsonl", "quixbugs-python.jsonl")
     """Benchmark files (in the shared data directory) added to the ranker's training records: the
     only benchmark sets that may train (Python), and they teach the injected-bug kind of error."""
-    inputs: str = "states"
-    """What the ranker reads per line: the raw states (beat SAE latents: 0.213 vs 0.197)."""
-    declarations: bool = True
-    """The 0/1 declaration column (import, function and type header lines): 0.212 -> 0.250."""
     length_prior: float = 3.0
-    """Weight of the longest-line prior added when scoring (2/3/4: 0.231/0.242/0.245 with five
-    members; 3 kept for its higher AUROC)."""
-    prior_skips_declarations: bool = True
-    """No length prior on declaration lines (a long signature says nothing about risk)."""
+    """Weight of the longest-line prior added when scoring, declaration lines left out (2/3/4:
+    0.231/0.242/0.245 with five members; 3 kept for its higher AUROC). ``RankerConfig``'s default."""
     members: int = 5
-    """MLPs averaged in the ranker (one: 0.231 over four seeds; five: 0.241)."""
+    """MLPs averaged in the ranker (one: 0.231 over four seeds; five: 0.241). ``RankerConfig``'s default."""
     seed: int = 0
     """Seed of the dev split, the SAE and the ranker's first member."""
 
     def __post_init__(self) -> None:
-        FeatureConfig(inputs=self.inputs, declarations=self.declarations)  # its own checks
         if self.layer < 1 or self.latents < 1 or self.members < 1 or self.sae_mutations < 0:
             raise ValueError(f"Recipe: layer, latents and members must be >= 1, sae_mutations >= 0: {self}")
 
@@ -93,16 +91,13 @@ def build(recipe: Recipe, sup: Supervisor, corpus_dir: Path, shared_dir: Path, o
     else:
         corpus = [r for r in load_records(files[:len(SPLIT_FILES)])
                   if not (recipe.sae_sample_only and r.meta.get("more_train"))]
-        features = FeatureConfig(inputs=recipe.inputs, declarations=recipe.declarations)
-        train.pretrain(sup, corpus, Path(out_dir), sae_cfg={"n_latents": recipe.latents}, features=features,
+        train.pretrain(sup, corpus, Path(out_dir), sae_cfg={"n_latents": recipe.latents}, features=FeatureConfig(),
                        mutations=recipe.sae_mutations, seed=recipe.seed, progress=progress, cache=cache, name=name)
         # Stage 1's resumable checkpoints are for an interrupted run, not part of the artifact.
         shutil.rmtree(Path(out_dir) / "checkpoints", ignore_errors=True)
-    ranker = {"length_prior": recipe.length_prior, "prior_skips_declarations": recipe.prior_skips_declarations,
-              "members": recipe.members}
+    ranker = {"length_prior": recipe.length_prior, "members": recipe.members}
     train.bind(sup, Path(out_dir), load_records(files), ranker_cfg=ranker, seed=recipe.seed, progress=progress,
-               cache=cache, version=version,
-               features_update={"inputs": recipe.inputs, "declarations": recipe.declarations})
+               cache=cache, version=version)
     manifest = {k: v for k, v in artifact.read_manifest(Path(out_dir)).items() if k not in ("format", "format_version")}
     manifest["recipe"] = recipe.to_dict()
     artifact.write_manifest(Path(out_dir), manifest)

@@ -44,7 +44,9 @@ from analyzer.features import FeatureConfig, StateCache, extract
 from analyzer.supervisor import Supervisor
 
 FORMAT = "ptbot-line-states"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the manifest's ``features`` are ``analyzer.features.FeatureConfig``'s without ``inputs`` and
+``declarations``; 1 is refused."""
 MANIFEST = "manifest.json"
 PLAN_DIR = "plan"
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -109,7 +111,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def read_manifest(out_dir: Path) -> dict[str, Any]:
     """The shards directory's manifest; ``ShardError`` says what to do when there is none."""
     return read_checked_json(Path(out_dir), FORMAT, FORMAT_VERSION, ShardError, "ptbot line-states",
-                             "not a line-states directory (make one with `ptbot extract DATA... --out DIR`)")
+                             "not a line-states directory (make one with `ptbot extract DATA... --out DIR`)",
+                             "extract again with `ptbot extract DATA... --out DIR` into an empty DIR")
 
 
 def check_supervisor(manifest: dict[str, Any], ref: SupervisorRef, out_dir: Path) -> None:

@@ -8,11 +8,11 @@ copies of every clean (fixed) snippet: a real swap of two lines, a line from ano
 deleted line (the next line is labelled). Every line of every text is an SAE training vector;
 the (correct line, buggy line) pairs feed the contrastive term.
 
-Stage 2: the SAE latents of each labelled snippet's lines -> ranker
-features -> MLP trained with NeuralNDCG + a pointwise BCE head, early-stopped on a dev split
-grouped by problem; then a calibration map (``analyzer.calibrate``, ``centred`` by default) fitted
-file by file on held-out logits: by default each source's, scored by a ranker trained without that
-source (``ranker_training.held_out_logits``), else the dev split's.
+Stage 2 (the SAE only explains lines from then on): the line states of each labelled snippet ->
+ranker features (``analyzer.features.ranker_inputs``) -> MLPs trained with NeuralNDCG + a pointwise BCE head, early-stopped on a dev split
+grouped by problem; then the centred calibration map (``analyzer.calibrate``) fitted file by file
+on held-out logits: each source's, scored by a ranker trained without that source
+(``ranker_training.held_out_logits``), or the dev split's when fewer than two sources can be held out.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +28,16 @@ import torch
 
 from analyzer import artifact
 from analyzer.calibrate import Calibrator
-from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, line_vectors, ranker_inputs
+from analyzer.features import FeatureConfig, SnippetLines, StateCache, extract, ranker_inputs
 from analyzer.ranker import RankerConfig, load_ranker, save_ranker
-from analyzer.sae import SAEConfig, load_sae, save_sae
+from analyzer.sae import SAEConfig, save_sae
 from analyzer.supervisor import Supervisor, supervisor_ref
 from analyzer.types import Record
 from lab import shards
-from lab.calibration_fit import DEFAULT_METHOD, fit_calibrator
+from lab.calibration_fit import fit_calibrator
 from lab.metrics import SnippetPrediction, evaluate
 from lab.mutate import mutate, pair_lines
-from lab.ranker_training import DEFAULT_CALIBRATE_ON, Slate, by_source, held_out_logits, train_ranker
+from lab.ranker_training import Slate, held_out_logits, train_ranker
 from lab.records import problem_key, refuse_test_repositories, split_by_problem
 from lab.sae_training import train_sae
 
@@ -219,27 +219,16 @@ def _labels(rec: Record, sn: SnippetLines) -> torch.Tensor:
     return torch.tensor([1.0 if s.line in bad else 0.0 for s in sn.lines])
 
 
-def snippet_features(sae, snippets: Sequence[SnippetLines], features: FeatureConfig) -> list[torch.Tensor]:
-    """Line states -> ranker inputs (through the SAE unless ``features.inputs`` is ``states``),
-    per snippet: list of (n_lines, n_inputs)."""
-    out = []
-    with torch.no_grad():
-        for sn in snippets:
-            out.append(ranker_inputs(line_vectors(sae, sn.states, features), sn.lines, features))
-    return out
-
-
-def make_slates(sup: Supervisor, sae, records: Sequence[Record], features: FeatureConfig,
+def make_slates(sup: Supervisor, records: Sequence[Record], features: FeatureConfig,
                 progress: bool, desc: str, cache: StateCache | None = None) -> list[Slate]:
-    """Labelled slates (one per record with at least one scorable line)."""
+    """Labelled slates (one per record with at least one scorable line) of ranker inputs."""
     snippets = extract(sup, [r.code for r in records], [r.language for r in records], features,
                        progress=progress, desc=desc, cache=cache)
-    feats = snippet_features(sae, snippets, features)
     slates = []
-    for rec, sn, f in zip(records, snippets, feats):
+    for rec, sn in zip(records, snippets):
         if not sn.lines:
             continue
-        slates.append(Slate(features=f, labels=_labels(rec, sn),
+        slates.append(Slate(features=ranker_inputs(sn.states, sn.lines, features), labels=_labels(rec, sn),
                             tokens=torch.tensor([s.n_tokens for s in sn.lines]),
                             group=problem_key(rec), source=rec.source))
     return slates
@@ -257,50 +246,20 @@ def predictions(ranker, calibrator: Calibrator | None, slates: Sequence[Slate]) 
     return out
 
 
-def _bound_ranker(model_dir: Path, manifest: dict[str, Any], ranker_cfg: dict[str, Any] | None, n_train: int,
-                  n_dev: int, dev_fraction: float, seed: int,
-                  ranker_sources: list[str] | None) -> tuple[RankerConfig, Any, int | None]:
-    """The ranker ``model_dir`` was bound with, if these records split as they did then."""
-    if not manifest.get("ranker"):
-        raise artifact.ArtifactError(f"{model_dir} has no ranker to keep: run `ptbot bind` without --keep-ranker")
-    if ranker_cfg:
-        raise ValueError(f"ranker settings ({', '.join(sorted(ranker_cfg))}) do nothing when the bound ranker is kept")
-    was = manifest.get("ranker_training") or {}
-    then = (was.get("train_records"), was.get("dev_records"), was.get("dev_fraction"), was.get("seed"))
-    if then != (n_train, n_dev, dev_fraction, seed):
-        raise ValueError(f"the ranker in {model_dir} was bound on {then[0]} train / {then[1]} dev records "
-                         f"(dev fraction {then[2]}, seed {then[3]}); these records and settings give "
-                         f"{n_train} / {n_dev} (dev fraction {dev_fraction}, seed {seed}). "
-                         "Keeping it needs the same data and split.")
-    if was.get("ranker_sources") != ranker_sources:
-        raise ValueError(f"the ranker in {model_dir} learned from sources {was.get('ranker_sources') or 'all'}, "
-                         f"not {ranker_sources or 'all'}; keeping it needs the same --ranker-sources")
-    cfg = RankerConfig.from_dict(manifest["ranker"])
-    return cfg, load_ranker(model_dir, manifest["ranker"]), was.get("best_epoch")
-
-
 def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
-         ranker_cfg: dict[str, Any] | None = None, dev_fraction: float = 0.2, seed: int = 0,
-         calibration: str = DEFAULT_METHOD, calibrate_on: str = DEFAULT_CALIBRATE_ON, progress: bool = True,
-         cache: StateCache | None = None, version: str | None = None, keep_ranker: bool = False,
-         ranker_sources: Sequence[str] | None = None,
-         features_update: dict[str, Any] | None = None, warm_start: bool = False) -> dict[str, Any]:
+         ranker_cfg: dict[str, Any] | None = None, dev_fraction: float = 0.2, seed: int = 0, progress: bool = True,
+         cache: StateCache | None = None, version: str | None = None, warm_start: bool = False) -> dict[str, Any]:
     """Stage 2: train the ranker and calibrator on labelled records; update ``model_dir``.
 
-    ``calibrate_on`` picks the logits the calibration map is fitted on (``ranker_training.held_out_logits``:
-    ``cross-source`` trains one more ranker per source). ``version`` is recorded in the manifest
-    (reports and scored lines name ``name@version``). ``keep_ranker`` keeps the bound ranker and only
-    re-fits the map: the ranker's weights are not reproducible bit for bit on another machine (float
-    rounding moves early stopping), so changing how a model is calibrated must not retrain it. It
-    needs the records, ``dev_fraction`` and ``seed`` the ranker was bound with (checked by the split's
-    sizes), so that the dev metrics stay honest. ``ranker_sources``: the sources (``Record.source``)
-    whose records train and early-stop the ranker (None = all); the other sources' training-side
-    records only fit the calibration map, scored by the ranker that never saw them, and every
-    source's dev-side records give the dev metrics. ``features_update``: ``FeatureConfig`` fields
-    to change before binding (e.g. ``{"inputs": "states", "declarations": True}``); the text
-    prefix is fixed by stage 1 and cannot change here. ``warm_start``: fine-tune the ranker
-    ``model_dir`` already holds instead of training a new one (its settings, with ``ranker_cfg``
-    over them, e.g. a smaller ``lr``); it is kept as it is unless fine-tuning beats it on dev.
+    The records split by problem into train and dev (``dev_fraction``, ``seed``); the ranker
+    (``RankerConfig`` with ``ranker_cfg`` over its defaults) trains on train and early-stops on dev.
+    The centred calibration map is fitted on cross-source logits, each source scored by a ranker
+    trained without it, or on the dev split's when fewer than two sources can be held out
+    (``ranker_training.held_out_logits``; ``ranker_training.calibrated_on`` in the manifest says
+    which). ``version`` is recorded in the manifest (reports and scored lines name
+    ``name@version``). ``warm_start``: fine-tune the ranker ``model_dir`` already holds instead of
+    training a new one (its settings, with ``ranker_cfg`` over them, e.g. a smaller ``lr``); it is
+    kept as it is unless fine-tuning beats it on dev.
     """
     refuse_test_repositories(records)
     manifest = artifact.read_manifest(model_dir)
@@ -308,54 +267,26 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
         raise artifact.ArtifactError(f"{model_dir} has no SAE yet: run `ptbot pretrain` first")
     artifact.check_supervisor(manifest, supervisor_ref(sup), model_dir)
     features = FeatureConfig.from_dict(manifest["features"])
-    if features_update:
-        if "prefix" in features_update:
-            raise ValueError("the text prefix is fixed by stage 1 (pretrain); it cannot change at bind")
-        features = replace(features, **features_update)
-    if (ranker_cfg or {}).get("prior_skips_declarations") and not features.declarations:
-        raise ValueError("prior_skips_declarations reads the declaration column: bind with --declarations")
-    sae = load_sae(model_dir, manifest["sae"])
     train_recs, dev_recs = split_by_problem(records, dev_fraction, seed)
     if not train_recs or not dev_recs:
         raise ValueError(f"need records on both sides of the problem split (train {len(train_recs)}, "
                          f"dev {len(dev_recs)}); pass more data or change --dev-fraction")
-    sources = sorted(ranker_sources) if ranker_sources else None
-    unknown = set(sources or ()) - {r.source for r in records}
-    if unknown:
-        raise ValueError(f"no records of source(s) {', '.join(sorted(unknown))}; these records come from "
-                         f"{', '.join(sorted({r.source for r in records}))}")
-    if warm_start and (keep_ranker or features_update):
-        raise ValueError("warm_start fine-tunes the bound ranker on its own features: "
-                         "it cannot be combined with keep_ranker or features_update")
     if warm_start and not manifest.get("ranker"):
         raise artifact.ArtifactError(f"{model_dir} has no ranker to fine-tune: bind it first")
-    if keep_ranker:  # checked before the supervisor reads any code: a mismatch fails at once
-        cfg, ranker, best_epoch = _bound_ranker(model_dir, manifest, ranker_cfg, len(train_recs), len(dev_recs),
-                                                dev_fraction, seed, sources)
-    train = make_slates(sup, sae, train_recs, features, progress, "reading code (train)", cache)
-    dev = make_slates(sup, sae, dev_recs, features, progress, "reading code (dev)", cache)
-    rank_train, unseen = by_source(train, sources)
-    rank_dev, _ = by_source(dev, sources)
-    if not rank_train or not rank_dev:
-        raise ValueError(f"the sources {sources} leave the ranker {len(rank_train)} train / {len(rank_dev)} dev "
-                         "records; name more sources or pass more data")
+    train = make_slates(sup, train_recs, features, progress, "reading code (train)", cache)
+    dev = make_slates(sup, dev_recs, features, progress, "reading code (dev)", cache)
     if warm_start:
         cfg = RankerConfig.from_dict({**manifest["ranker"], "seed": seed, **(ranker_cfg or {})})
-        ranker, history = train_ranker(cfg, rank_train, rank_dev, progress=progress,
-                                       init=load_ranker(model_dir, manifest["ranker"]))
-        best_epoch = history["best_epoch"]
-    elif not keep_ranker:
+        init = load_ranker(model_dir, manifest["ranker"])
+    else:
         cfg = RankerConfig(**{"d_in": train[0].features.shape[1], "seed": seed, **(ranker_cfg or {})})
-        ranker, history = train_ranker(cfg, rank_train, rank_dev, progress=progress)
-        best_epoch = history.get("best_epoch") if isinstance(history, dict) else None
-    ranker.eval()
-    cal_logits, cal_labels, cal_info = held_out_logits(ranker, rank_train, rank_dev, calibrate_on,
-                                                       progress=progress, unseen=unseen)
-    calib = fit_calibrator([x.numpy() for x in cal_logits], [y.numpy() for y in cal_labels], calibration)
+        init = None
+    ranker, history = train_ranker(cfg, train, dev, progress=progress, init=init)
+    cal_logits, cal_labels, cal_info = held_out_logits(ranker, train, dev, progress=progress)
+    calib = fit_calibrator([x.numpy() for x in cal_logits], [y.numpy() for y in cal_labels], "centred")
     base_rate = float(torch.cat([s.labels for s in train]).mean())
     dev_metrics = evaluate(predictions(ranker, calib, dev), base_rate=base_rate, n_boot=200, seed=seed)
-    if not keep_ranker:
-        save_ranker(ranker, model_dir)
+    save_ranker(ranker, model_dir)
     manifest = _existing(model_dir)
     manifest.update({
         **({"version": version} if version else {}),
@@ -365,8 +296,7 @@ def bind(sup: Supervisor, model_dir: Path, records: Sequence[Record], *,
                             "base_rate": base_rate, "dev_fraction": dev_fraction, "seed": seed,
                             "languages": sorted({r.language for r in records}),
                             "sources": sorted({r.source for r in records}),
-                            "best_epoch": best_epoch, "ranker_sources": sources,
-                            "ranker_train_records": len(rank_train), **cal_info},
+                            "best_epoch": history["best_epoch"], **cal_info},
         "dev_metrics": dev_metrics,
     })
     artifact.write_manifest(model_dir, manifest)

@@ -139,8 +139,8 @@ def cli(ctx: click.Context, verbose: int) -> None:
     """ptbot ranks the lines of a change by the probability that they need an edit.
 
     It reads the code with a small "supervisor" LLM, takes the model's internal state at the end
-    of every line, compresses it with a sparse autoencoder and ranks lines with a small learned
-    ranker whose scores are calibrated into probabilities.
+    of every line and ranks lines with a small learned ranker on those states, whose scores are
+    calibrated into probabilities; a sparse autoencoder names what stands out in a line (--explain).
 
     \b
     Start here:
@@ -393,72 +393,52 @@ def pretrain(ctx, data, out_dir, shards_dir, supervisor, layer, languages, mutat
                f"wrote {out_dir}", err=True)
 
 
-# Shared by `bind` and `rebind`: the same choice, said once. The default spells out
-# lab.calibration_fit.DEFAULT_METHOD so that `--help` does not import numpy.
-_calibration_option = click.option(
-    "--calibration", type=click.Choice(["centred", "platt", "temperature"]), default="centred", show_default=True,
-    help="How scores become probabilities: 'centred' reads a line's score relative to its file and the file's "
-         "size (transfers across languages), 'platt' the raw score.")
-# Likewise lab.ranker_training.CALIBRATE_ON / DEFAULT_CALIBRATE_ON, spelled out so that `--help`
-# does not import torch.
-_calibrate_on_option = click.option(
-    "--calibrate-on", type=click.Choice(["cross-source", "dev"]), default="cross-source", show_default=True,
-    help="Scores the calibration is fitted on: 'cross-source' scores each source of DATA (the records' "
-         "`source` field) with a ranker trained without it, one extra ranker per source, so the "
-         "probabilities stay honest on code unlike the training data; 'dev' uses the dev split (one "
-         "source only falls back to it).")
-
-
 @cli.command()
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False, exists=True),
               help="Model directory made by `ptbot pretrain`.")
 @click.option("--languages", help="Only records of these languages (comma-separated).")
 @click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Share of problems held out for early stopping (and calibration, with --calibrate-on dev).")
-@_calibration_option
-@_calibrate_on_option
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="NeuralNDCG temperature.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")
-@click.option("--length-prior", type=click.FloatRange(min=0),
-              help="Weight of the longest-line prior added to the ranker's scores (default 6; the default "
-                   "model's recipe uses 3, chosen on the corpus's validation repositories; 0 = the ranker "
-                   "alone). See docs/model-card.md.")
-@click.option("--members", type=click.IntRange(min=1),
-              help="MLPs trained apart (seeds SEED, SEED+1, ...) whose logits are averaged (default 1).")
-@click.option("--inputs", type=click.Choice(["sae", "states"]),
-              help="What the ranker reads per line: the SAE's latents, or the supervisor's raw states (the SAE "
-                   "then only explains lines). Default: what the model was pretrained with (sae).")
-@click.option("--declarations/--no-declarations", default=None,
-              help="Append a 0/1 column marking import and function/type header lines (default: as pretrained).")
-@click.option("--prior-skips-declarations", is_flag=True, default=None,
-              help="No length prior on declaration lines (needs --declarations).")
+              help="Share of problems held out for early stopping (and calibration, when DATA has fewer than "
+                   "two sources).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs (default 60, stopped early "
+              "when the dev split stops improving).")
+# The defaults are analyzer.ranker.RankerConfig's (the shipped recipe's), spelled out so that
+# `--help` does not import torch (tests check that they agree).
+@click.option("--length-prior", default=3.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of the longest-line prior added to the ranker's scores (declaration lines get "
+                   "none). The default is the shipped recipe's, chosen on the corpus's validation "
+                   "repositories; 0 = the ranker alone.")
+@click.option("--members", default=5, show_default=True, type=click.IntRange(min=1),
+              help="MLPs trained apart (seeds SEED, SEED+1, ...) whose logits are averaged. The default is the "
+                   "shipped recipe's: averaging removes most of the spread between seeds.")
 @click.option("--version", "model_version", help="Version recorded in the manifest (default: the training time).")
-@click.option("--ranker-sources", metavar="SOURCE,...",
-              help="Only records of these sources (their `source` field) train the ranker; the other "
-                   "sources' records only fit the calibration map, scored by a ranker that never saw "
-                   "them (default: every source trains it). The default model: humanevalpack,quixbugs.")
-@click.option("--keep-ranker", is_flag=True,
-              help="Keep the bound ranker and only re-fit its calibration (e.g. with another --calibration or "
-                   "--calibrate-on). Needs the DATA, --dev-fraction and --seed it was bound with.")
 @click.option("--feedback-db", metavar="URL",
               help="Also train on reviewers' feedback from this label store and promote the result only if "
                    "it beats the serving version on held-out feedback; MODEL_DIR must then be a model home "
                    "(`ptbot model init`). Same as `ptbot rebind DATA --home MODEL_DIR --feedback-db URL`.")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
-def bind(ctx, data, model_dir, languages, dev_fraction, calibration, calibrate_on, temperature, epochs, length_prior,
-         members, inputs, declarations, prior_skips_declarations, model_version, ranker_sources, keep_ranker, feedback_db, seed):
-    """Stage 2: train the ranker (NeuralNDCG + pointwise head) and calibrate it on DATA."""
+def bind(ctx, data, model_dir, languages, dev_fraction, epochs, length_prior, members, model_version, feedback_db,
+         seed):
+    """Stage 2: train the ranker (NeuralNDCG + pointwise head) and calibrate it on DATA.
+
+    The ranker reads each line's state (centred on its file), shape, position and declaration
+    columns; the centred calibration map is fitted on each source of DATA (the records' `source`
+    field) scored by a ranker trained without it, so the probabilities stay honest on code unlike
+    the training data (one extra ranker per source; with fewer than two sources, on the dev split).
+    The defaults are the shipped model's recipe (`ptbot recipe` rebuilds it).
+    """
     if feedback_db:
-        if (temperature is not None or length_prior is not None or members is not None or model_version
-                or keep_ranker or ranker_sources):
-            raise _fail("--temperature, --length-prior, --members, --version, --ranker-sources and --keep-ranker are not used "
-                        "with --feedback-db (a re-bind keeps the serving model's ranker sources)")
+        from click.core import ParameterSource
+
+        if model_version or any(ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)
+                                for n in ("length_prior", "members")):
+            raise _fail("--length-prior, --members and --version are not used with --feedback-db "
+                        "(a re-bind trains the recipe's ranker and numbers its own versions)")
         return ctx.invoke(rebind_cmd, data=data, home=model_dir, feedback_db=feedback_db, repo=None,
                           languages=languages, holdout=0.3, metric="top1", min_gain=0.0,
-                          dev_fraction=dev_fraction, calibration=calibration, calibrate_on=calibrate_on,
-                          epochs=epochs, seed=seed)
+                          dev_fraction=dev_fraction, epochs=epochs, seed=seed)
     from analyzer.artifact import ArtifactError, read_manifest
     from lab.train import bind as run
 
@@ -469,15 +449,11 @@ def bind(ctx, data, model_dir, languages, dev_fraction, calibration, calibrate_o
     except ArtifactError as e:
         raise _fail(str(e)) from e
     sup = _load_supervisor(_settings(ctx), manifest["supervisor"]["model"], manifest["supervisor"]["layer"])
-    rcfg = {k: v for k, v in {"temperature": temperature, "epochs": epochs, "length_prior": length_prior,
-                              "members": members,
-                              "prior_skips_declarations": prior_skips_declarations}.items() if v is not None}
-    fupdate = {k: v for k, v in {"inputs": inputs, "declarations": declarations}.items() if v is not None}
+    rcfg = {k: v for k, v in {"epochs": epochs, "length_prior": length_prior,
+                              "members": members}.items() if v is not None}
     try:
-        manifest = run(sup, Path(model_dir), recs, ranker_cfg=rcfg, features_update=fupdate, dev_fraction=dev_fraction,
-                       seed=seed, calibration=calibration, calibrate_on=calibrate_on, cache=_state_cache(ctx, sup),
-                       version=model_version, keep_ranker=keep_ranker,
-                       ranker_sources=_comma_list(ranker_sources))
+        manifest = run(sup, Path(model_dir), recs, ranker_cfg=rcfg, dev_fraction=dev_fraction,
+                       seed=seed, cache=_state_cache(ctx, sup), version=model_version)
     except (ArtifactError, ValueError) as e:
         raise _fail(str(e)) from e
     m = manifest["dev_metrics"]
@@ -606,7 +582,7 @@ def corpus_build(card, out_dir, repos_dir, reserved_dir):
 def recipe_cmd(ctx, card, shared_dir, out_dir, corpus_dir, repos_dir, model_version, keep_sae):
     """Rebuild the default model from its data CARD: build the corpus, then train the recipe on it.
 
-    The recipe (supervisor, layer, ranker inputs, length prior, ensemble size...) is
+    The recipe (supervisor, layer, SAE size, length prior, ensemble size...) is
     `lab.recipe.Recipe`; every choice in it was made on the corpus's validation repositories, and
     the manifest records it. On two CPU cores the first run reads about 1,400 snippets (~25 min);
     the line-state cache makes a rerun cheap.
@@ -732,8 +708,8 @@ def _model_dir_or_default(settings: Settings, model: str | None) -> Path | None:
 @click.argument("tests", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--train", "train_files", multiple=True, metavar="TRAIN.jsonl",
               help="Training file(s): repeat the flag or separate with commas. Trainable methods learn "
-                   "only from these (split by problem into fit/dev). pttrust and probe train and calibrate "
-                   "the way --model was bound (its --ranker-sources and --calibrate-on).")
+                   "only from these (split by problem into fit/dev). pttrust and probe train with --model's "
+                   "ranker settings and calibrate as `ptbot bind` does.")
 @click.option("--methods", default="pttrust,probe,lookback,lookback_mlp,uncertainty,length,random",
               show_default=True, help="Comma-separated methods to compare.")
 @click.option("--model", metavar="MODEL_DIR", help="Model directory (supervisor, layer, SAE; default: "
@@ -746,8 +722,8 @@ def _model_dir_or_default(settings: Settings, model: str | None) -> Path | None:
               help="Bootstrap replicates for 95% intervals (0 = none).")
 @click.option("--dev-fraction", default=0.2, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Share of training problems held out for early stopping (and calibration, when the model "
-                   "was bound with --calibrate-on dev).")
+              help="Share of training problems held out for early stopping (and calibration, when the "
+                   "training files have fewer than two sources).")
 @click.option("--ranker-epochs", type=click.IntRange(min=1), help="Maximum ranker epochs (pttrust, probe).")
 @click.option("--snippet-auroc/--no-snippet-auroc", default=True, show_default=True,
               help="Also read each test record's fixed version, as a clean snippet for snippet-level AUROC.")
@@ -988,15 +964,13 @@ def feedback_export(ctx, out, repo):
 @click.option("--min-gain", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Promote only if the new version is at least this much better on --metric.")
 @click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Share of training problems held out for early stopping (and calibration, with "
-                   "--calibrate-on dev).")
-@_calibration_option
-@_calibrate_on_option
+              help="Share of training problems held out for early stopping (and calibration, when the "
+                   "records have fewer than two sources).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
 def rebind_cmd(ctx, data, home, feedback_db, repo, languages, holdout, metric, min_gain, dev_fraction,
-               calibration, calibrate_on, epochs, seed):
+               epochs, seed):
     """Re-bind on seed DATA plus reviewer feedback; promote the new ranker only if it wins.
 
     Feedback labels are exported from the label store, split by problem into a training part and
@@ -1037,7 +1011,6 @@ def rebind_cmd(ctx, data, home, feedback_db, repo, languages, holdout, metric, m
     try:
         result = rebind_with_gate(sup, Path(home), seed_records, feedback, holdout=holdout, seed=seed,
                                   min_gain=min_gain, metric=metric, dev_fraction=dev_fraction,
-                                  calibration=calibration, calibrate_on=calibrate_on,
                                   ranker_cfg={"epochs": epochs} if epochs else None,
                                   cache=_state_cache(ctx, sup))
     except (ArtifactError, ValueError) as e:
@@ -1079,9 +1052,8 @@ def rebind_cmd(ctx, data, home, feedback_db, repo, languages, holdout, metric, m
 @click.option("--min-gain", default=0.02, show_default=True, type=click.FloatRange(min=0),
               help="Promote only if the adapted model beats the serving one by at least this much.")
 @click.option("--dev-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Share of fit problems held out for early stopping.")
-@_calibration_option
-@_calibrate_on_option
+              help="Share of fit problems held out for early stopping (and calibration, when the fit records "
+                   "have fewer than two sources).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum ranker epochs.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--report", "report_dir", type=click.Path(file_okay=False),
@@ -1092,8 +1064,8 @@ def rebind_cmd(ctx, data, home, feedback_db, repo, languages, holdout, metric, m
               help="Train a new ranker on the fit records alone instead of fine-tuning the serving one.")
 @click.pass_context
 def adapt_cmd(ctx, repo, home, repository, until, holdout_months, rev, mutations, max_commits, languages,
-              feedback_db, seed_data, base_model, metric, min_gain, dev_fraction, calibration, calibrate_on,
-              epochs, seed, report_dir, json_out, from_scratch):
+              feedback_db, seed_data, base_model, metric, min_gain, dev_fraction, epochs, seed, report_dir,
+              json_out, from_scratch):
     """Train REPO's own model from its history and promote it only if it wins, forward in time.
 
     REPO (work tree, bare repository or clone URL) is mined for real fixes and mutations of its
@@ -1128,7 +1100,6 @@ def adapt_cmd(ctx, repo, home, repository, until, holdout_months, rev, mutations
             raise click.BadParameter(str(e), param_hint="--repository") from None
     try:
         cfg = AdaptConfig(min_gain=min_gain, metric=metric, seed=seed, dev_fraction=dev_fraction,
-                          calibration=calibration, calibrate_on=calibrate_on,
                           ranker={"epochs": epochs} if epochs else {}, fine_tune=not from_scratch)
         job = AdaptJob(repo=repo, home=Path(home), repository=repository or "", until=until,
                        holdout_months=holdout_months, rev=rev, mutations=mutations, max_commits=max_commits,

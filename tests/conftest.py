@@ -223,7 +223,7 @@ TINY_SAE = {"n_latents": 64, "k": 8, "epochs": 2, "batch_size": 128, "pair_batch
 """SAE settings small enough for ``tiny_model_dir`` (hidden 64) to train in well under a second."""
 # No length prior in the tiny models: the synthetic records plant markers that line length says
 # nothing about, and tests of training, feedback and the gate must see what the ranker learnt.
-TINY_RANKER = {"hidden": 16, "epochs": 4, "patience": 2, "batch_snippets": 4, "length_prior": 0.0}
+TINY_RANKER = {"hidden": 16, "epochs": 4, "patience": 2, "batch_snippets": 4, "length_prior": 0.0, "members": 1}
 
 
 SAMPLE_RECORDS = Path(__file__).resolve().parent / "fixtures" / "data" / "humanevalpack-python-64.jsonl"

@@ -134,6 +134,25 @@ def test_broken_manifests(tmp_path):
         read_manifest(tmp_path)
 
 
+def test_a_model_built_by_an_older_ptbot_is_refused_with_how_to_rebuild_it(tiny_artifact_dir, tmp_path):
+    """Format 1 (before the one recipe: ranker inputs and the prior's declaration rule were
+    switches) is not translated: the model must be built again."""
+    model = copy_model(tiny_artifact_dir, tmp_path)
+    m = read_manifest(model)
+    old = {**m, "format_version": 1, "features": {**m["features"], "inputs": "states", "declarations": True},
+           "ranker": {**m["ranker"], "prior_skips_declarations": True}}
+    (model / "manifest.json").write_text(json.dumps(old))
+    for load in (read_manifest, RiskScorer.load):
+        with pytest.raises(ArtifactError, match=r"built by an older ptbot \(format 1; this ptbot reads format 2\)"
+                                                r".*ptbot recipe.*ptbot pretrain.*ptbot bind"):
+            load(model)
+    # A current-format manifest carrying a removed switch is refused too, never read as today's recipe.
+    for section, config in (("features", "FeatureConfig"), ("ranker", "RankerConfig")):
+        (model / "manifest.json").write_text(json.dumps({**m, section: old[section]}))
+        with pytest.raises(ArtifactError, match=f"unknown {config} fields.*ptbot recipe"):
+            RiskScorer.load(model, supervisor=SupervisorConfig(device="cpu", cache_dir=tmp_path))
+
+
 def test_incomplete_artifact_is_refused(tiny_artifact_dir, tmp_path):
     model = copy_model(tiny_artifact_dir, tmp_path)
     m = read_manifest(model)

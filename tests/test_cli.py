@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -478,7 +479,7 @@ def test_pretrain_bind_review_via_cli(tmp_path, tiny_model_dir):
     assert "dev split:" in r.stderr
     m = read_manifest(out)
     assert m["sae"]["n_latents"] == 64 and m["ranker"]["epochs"] == 3 and m["calibration"]
-    assert m["ranker"]["length_prior"] == 6.0  # the default; scoring below goes through it
+    assert m["ranker"]["length_prior"] == 3.0 and m["ranker"]["members"] == 5  # the recipe; scoring goes through it
     assert m["calibration"]["method"] == "centred"  # the default calibration map
     # the default is cross-source; these records have one source, so bind fell back to the dev split
     assert m["ranker_training"]["calibrated_on"] == "dev"
@@ -486,22 +487,33 @@ def test_pretrain_bind_review_via_cli(tmp_path, tiny_model_dir):
     r = run("review", "--repo", str(repo), "--model", str(out), "--format", "json")
     assert r.exit_code == 0 and json.loads(r.stdout)["lines"]
     r = run("bind", str(data), "--model", str(out), "--epochs", "3", "--dev-fraction", "0.3", "--length-prior", "0",
-            "--calibration", "platt", "--calibrate-on", "dev")
+            "--members", "2", "--version", "9.9")
     assert r.exit_code == 0, r.stderr
     m = read_manifest(out)
-    assert m["ranker"]["length_prior"] == 0.0
-    assert m["calibration"]["method"] == "platt" and "c" not in m["calibration"]
-    assert m["ranker_training"]["calibrated_on"] == "dev"
-    # re-calibrate without retraining: the ranker's weights stay as they are
-    weights = (out / "ranker.safetensors").read_bytes()
-    r = run("bind", str(data), "--model", str(out), "--dev-fraction", "0.3", "--keep-ranker")
-    assert r.exit_code == 0, r.stderr
-    assert (out / "ranker.safetensors").read_bytes() == weights
-    assert read_manifest(out)["calibration"]["method"] == "centred"
-    r = run("bind", str(data), "--model", str(out), "--dev-fraction", "0.3", "--keep-ranker", "--epochs", "3")
-    assert r.exit_code == 1 and "do nothing when the bound ranker is kept" in r.stderr
-    r = run("bind", str(data), "--model", str(out), "--epochs", "3", "--ranker-sources", "nowhere")
-    assert r.exit_code == 1 and "no records of source(s) nowhere" in r.stderr
+    assert m["ranker"]["length_prior"] == 0.0 and m["ranker"]["members"] == 2 and m["version"] == "9.9"
+    assert m["calibration"]["method"] == "centred"
+    # the switches of losing experiments are gone: the recipe is the only way to bind
+    for gone in (("--calibration", "platt"), ("--calibrate-on", "dev"), ("--inputs", "sae"), ("--no-declarations",),
+                 ("--prior-skips-declarations",), ("--temperature", "2"), ("--keep-ranker",),
+                 ("--ranker-sources", "mined")):
+        r = run("bind", str(data), "--model", str(out), *gone)
+        assert r.exit_code == 2 and "No such option" in r.stderr, gone
+
+
+def test_bind_help_shows_the_recipe_defaults():
+    """The defaults `bind --help` shows are RankerConfig's, the shipped recipe's (spelled out in the
+    CLI so that --help does not import torch)."""
+    from analyzer.ranker import RankerConfig
+    from lab.recipe import Recipe
+    from ptbot.cli import bind
+
+    defaults = {p.name: p.default for p in bind.params}
+    ranker = RankerConfig(d_in=1)
+    assert defaults["length_prior"] == ranker.length_prior == Recipe().length_prior == 3.0
+    assert defaults["members"] == ranker.members == Recipe().members == 5
+    r = run("bind", "--help")
+    assert r.exit_code == 0 and re.search(r"\[default:\s+3\.0;", r.stdout) and re.search(r"\[default:\s+5;", r.stdout)
+    assert "shipped recipe" in " ".join(r.stdout.split())
 
 
 def test_pretrain_and_bind_bad_inputs(tmp_path, tiny_model_dir):

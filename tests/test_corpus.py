@@ -177,6 +177,7 @@ def test_the_recipe_builds_a_model_from_the_card_that_scores(repos, reserved, tm
     from analyzer.supervisor import Supervisor, SupervisorConfig
     from dataclasses import replace
 
+    from analyzer.features import FeatureConfig
     from lab.recipe import Recipe, build
     from miners.corpus import build as build_corpus
     from tests.conftest import SAMPLE_RECORDS
@@ -192,7 +193,8 @@ def test_the_recipe_builds_a_model_from_the_card_that_scores(repos, reserved, tm
                      progress=False)
     assert manifest["recipe"] == recipe.to_dict() and manifest["version"] == "9.9.9"
     assert manifest["ranker"]["members"] == 2 and manifest["ranker"]["length_prior"] == recipe.length_prior
-    assert manifest["features"]["inputs"] == "states" and manifest["features"]["declarations"]
+    assert manifest["features"] == FeatureConfig().to_dict()
+    assert manifest["ranker"]["d_in"] == FeatureConfig().n_inputs(sup.info.hidden_size)  # raw states
     # the test repository's records never reached it: 2 corpus training records + 64 benchmark ones
     assert manifest["ranker_training"]["train_records"] + manifest["ranker_training"]["dev_records"] == 66
     assert not (tmp_path / "model" / "checkpoints").exists()

@@ -142,6 +142,11 @@ def test_extract_resumes_and_refuses_other_extractions(sup, records, tmp_path, t
                                              "source": "other/model"})
     with pytest.raises(shards.ShardError, match="read by supervisor .* not by 'other/model'"):
         shards.read_states(out, expect=other)
+    # Shards written by an older ptbot (format 1: features with ``inputs`` and ``declarations``) are refused.
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(shards.ShardError, match=r"older ptbot \(format 1.*extract again"):
+        shards.read_states(out)
 
 
 def test_cli_extract_then_pretrain_on_the_shards(records, tmp_path, tiny_model_dir):

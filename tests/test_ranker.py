@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from analyzer.artifact import ArtifactError
 from analyzer.ranker import RankerConfig, RankerMLP, length_prior_term, load_ranker, save_ranker
-from lab.ranker_training import Slate, by_source, evaluate_ranker, held_out_logits, neural_ndcg, train_ranker
+from lab.ranker_training import Slate, evaluate_ranker, held_out_logits, neural_ndcg, train_ranker
 
 
 def _ndcg_by_hand(pred: list[float], rel: list[float]) -> float:
@@ -92,24 +92,13 @@ def _sourced(slates: list[Slate], sources: tuple[str, ...]) -> list[Slate]:
     return [replace(s, source=sources[i % len(sources)]) for i, s in enumerate(slates)]
 
 
-def test_dev_calibration_logits_are_the_models_own_on_dev():
-    cfg = RankerConfig(d_in=8, epochs=3, patience=3)
-    train, dev = _slates(12, seed=1), _slates(6, seed=2, prefix="d")
-    model, _ = train_ranker(cfg, train, dev, progress=False)
-    logits, labels, info = held_out_logits(model, train, dev, "dev")
-    assert info == {"calibrated_on": "dev", "held_out_sources": [], "unseen_sources": []}
-    assert len(logits) == len(labels) == len(dev)
-    for x, y, s in zip(logits, labels, dev):
-        assert torch.equal(x, model(s.features, s.tokens)) and torch.equal(y, s.labels)
-
-
 def test_cross_source_logits_come_from_a_ranker_that_never_saw_the_source():
-    cfg = RankerConfig(d_in=8, epochs=4, patience=4, length_prior=2.0)
+    cfg = RankerConfig(d_in=8, members=1, epochs=4, patience=4, length_prior=2.0)
     sources = ("a", "b", "c")
     train, dev = _sourced(_slates(18, seed=1), sources), _sourced(_slates(9, seed=2, prefix="d"), sources)
     model, _ = train_ranker(cfg, train, dev, progress=False)
-    logits, labels, info = held_out_logits(model, train, dev, "cross-source")
-    assert info == {"calibrated_on": "cross-source", "held_out_sources": ["a", "b", "c"], "unseen_sources": []}
+    logits, labels, info = held_out_logits(model, train, dev)
+    assert info == {"calibrated_on": "cross-source", "held_out_sources": ["a", "b", "c"]}
     # every training slate once, grouped by source; each scored by the ranker trained on the others
     held = [s for src in sources for s in (*train, *dev) if s.source == src]
     assert len(logits) == len(held) == len(train) + len(dev)
@@ -121,7 +110,7 @@ def test_cross_source_logits_come_from_a_ranker_that_never_saw_the_source():
                 assert torch.equal(x, other(s.features, s.tokens)) and torch.equal(y, s.labels)
     # a source's own labels never reach the scores it is calibrated with
     flipped = [replace(s, labels=s.labels.flip(0)) if s.source == "a" else s for s in train]
-    again, _, _ = held_out_logits(model, flipped, dev, "cross-source")
+    again, _, _ = held_out_logits(model, flipped, dev)
     for x, x2, s in zip(logits, again, held):
         if s.source == "a":
             assert torch.equal(x, x2)
@@ -129,34 +118,22 @@ def test_cross_source_logits_come_from_a_ranker_that_never_saw_the_source():
     assert any(not torch.equal(x, x2) for x, x2, s in zip(logits, again, held) if s.source != "a")
 
 
-def test_unseen_sources_join_the_calibration_logits_as_the_model_scores_them():
-    cfg = RankerConfig(d_in=8, epochs=3, patience=3)
-    train, dev = _sourced(_slates(12, seed=1), ("a", "b")), _sourced(_slates(6, seed=2, prefix="d"), ("a", "b"))
-    other = _sourced(_slates(5, seed=3, prefix="o"), ("z",))
-    model, _ = train_ranker(cfg, train, dev, progress=False)
-    for how in ("dev", "cross-source"):
-        logits, labels, info = held_out_logits(model, train, dev, how, unseen=other)
-        assert info["unseen_sources"] == ["z"] and info["calibrated_on"] == how
-        for x, y, s in zip(logits, labels, other):  # first, scored by the model itself
-            assert torch.equal(x, model(s.features, s.tokens)) and torch.equal(y, s.labels)
-        assert len(logits) == len(other) + (len(dev) if how == "dev" else len(train) + len(dev))
-    assert by_source(train + other, ["z"]) == (other, train)
-    assert by_source(other, None) == (other, [])
-
-
-def test_cross_source_falls_back_to_dev_with_one_source(caplog):
-    cfg = RankerConfig(d_in=8, epochs=2, patience=2)
+def test_with_one_source_the_map_is_fitted_on_the_models_own_dev_logits(caplog):
+    """Records of one source (one repository, say) leave no source to hold out: the logits are
+    the model's own on the dev split, and the info says so."""
+    cfg = RankerConfig(d_in=8, members=1, epochs=2, patience=2)
     train, dev = _sourced(_slates(8, seed=1), ("only",)), _sourced(_slates(4, seed=2, prefix="d"), ("only",))
     model, _ = train_ranker(cfg, train, dev, progress=False)
-    logits, _, info = held_out_logits(model, train, dev, "cross-source")
-    assert info["calibrated_on"] == "dev" and len(logits) == len(dev)
+    logits, labels, info = held_out_logits(model, train, dev)
+    assert info == {"calibrated_on": "dev", "held_out_sources": []}
     assert "calibrating on the dev split instead" in caplog.text
-    with pytest.raises(ValueError, match="unknown calibrate_on"):
-        held_out_logits(model, train, dev, "test")
+    assert len(logits) == len(labels) == len(dev)
+    for x, y, s in zip(logits, labels, dev):
+        assert torch.equal(x, model(s.features, s.tokens)) and torch.equal(y, s.labels)
 
 
 def test_ranker_overfits_separable_slates():
-    cfg = RankerConfig(d_in=8, hidden=32, epochs=30, patience=30, dropout=0.0, lr=1e-2, batch_snippets=16)
+    cfg = RankerConfig(d_in=8, members=1, hidden=32, epochs=30, patience=30, dropout=0.0, lr=1e-2, batch_snippets=16)
     train = _slates(16)
     model, history = train_ranker(cfg, train, train, progress=False)
     assert evaluate_ranker(model, train)["top1"] == 1.0
@@ -164,7 +141,7 @@ def test_ranker_overfits_separable_slates():
 
 
 def test_training_is_deterministic_and_leaves_global_rng_alone():
-    cfg = RankerConfig(d_in=8, epochs=5, patience=5)
+    cfg = RankerConfig(d_in=8, members=1, epochs=5, patience=5)
     train, dev = _slates(12, seed=1), _slates(6, seed=2, prefix="d")
     torch.manual_seed(123)
     before = torch.rand(1)
@@ -180,7 +157,7 @@ def test_training_is_deterministic_and_leaves_global_rng_alone():
 
 def test_early_stopping_restores_best_weights():
     # Dev labels are the opposite of train: the more the model learns, the worse dev gets.
-    cfg = RankerConfig(d_in=8, epochs=40, patience=4, dropout=0.0, lr=3e-3)
+    cfg = RankerConfig(d_in=8, members=1, epochs=40, patience=4, dropout=0.0, lr=3e-3)
     train, dev = _slates(24, seed=3), _slates(8, seed=4, flip=True, prefix="d")
     model, history = train_ranker(cfg, train, dev, progress=False)
     epochs = history["epochs"]
@@ -195,7 +172,7 @@ def test_early_stopping_restores_best_weights():
 
 
 def test_fine_tuning_keeps_the_starting_ranker_unless_an_epoch_beats_it_on_dev():
-    cfg = RankerConfig(d_in=8, hidden=32, epochs=20, patience=20, dropout=0.0, lr=1e-2)
+    cfg = RankerConfig(d_in=8, members=1, hidden=32, epochs=20, patience=20, dropout=0.0, lr=1e-2)
     good, _ = train_ranker(cfg, _slates(24, seed=5), _slates(8, seed=6, prefix="d"), progress=False)
     dev = _slates(8, seed=7, prefix="e")
     # Fine-tuning data that teaches the opposite: every epoch is worse on dev than the start.
@@ -216,7 +193,7 @@ def test_members_are_trained_apart_and_averaged(tmp_path):
     model, history = train_ranker(cfg, train, dev, progress=False)
     assert len(model.members) == 3 and len(history["members"]) == 3 and len(history["best_epoch"]) == 3
     # member k is the single MLP that seed + k trains
-    alone, _ = train_ranker(RankerConfig(d_in=8, hidden=16, epochs=8, patience=8, seed=5), train, dev, progress=False)
+    alone, _ = train_ranker(RankerConfig(d_in=8, members=1, hidden=16, epochs=8, patience=8, seed=5), train, dev, progress=False)
     for p1, p2 in zip(model.members[1].parameters(), alone.members[0].parameters()):
         torch.testing.assert_close(p1, p2, rtol=0, atol=0)
     x = dev[0].features
@@ -228,7 +205,7 @@ def test_members_are_trained_apart_and_averaged(tmp_path):
 
 
 def test_save_load_round_trip(tmp_path):
-    cfg = RankerConfig(d_in=8, epochs=2, patience=2)
+    cfg = RankerConfig(d_in=8, members=1, epochs=2, patience=2)
     model, _ = train_ranker(cfg, _slates(8), _slates(4, seed=5, prefix="d"), progress=False)
     config = save_ranker(model, tmp_path)
     assert (tmp_path / "ranker.safetensors").exists()
@@ -247,16 +224,21 @@ def test_length_prior_term_is_log_length_centred_on_the_snippet():
 
 def test_length_prior_is_added_when_scoring_and_ignored_in_training():
     train, dev = _slates(12, seed=1), _slates(6, seed=2, prefix="d")
-    plain, _ = train_ranker(RankerConfig(d_in=8, epochs=3, patience=3, length_prior=0.0), train, dev, progress=False)
-    prior, _ = train_ranker(RankerConfig(d_in=8, epochs=3, patience=3, length_prior=6.0), train, dev, progress=False)
+    plain, _ = train_ranker(RankerConfig(d_in=8, members=1, epochs=3, patience=3, length_prior=0.0), train, dev, progress=False)
+    prior, _ = train_ranker(RankerConfig(d_in=8, members=1, epochs=3, patience=3, length_prior=6.0), train, dev, progress=False)
     for p1, p2 in zip(plain.parameters(), prior.parameters()):
         torch.testing.assert_close(p1, p2, rtol=0, atol=0)  # same MLP: the prior plays no part in training
-    s = dev[0]
+    # The last feature column marks declaration lines (analyzer.features.ranker_inputs): no prior there.
+    x = dev[0].features.clone()
+    x[:, -1] = 0.0
+    x[0, -1] = 1.0
+    tokens = dev[0].tokens
     with torch.no_grad():
-        torch.testing.assert_close(prior(s.features, s.tokens),
-                                   plain(s.features) + 6.0 * length_prior_term(s.tokens))
+        got, alone = prior(x, tokens), plain(x)
+        torch.testing.assert_close(got[1:], alone[1:] + 6.0 * length_prior_term(tokens)[1:])
+        torch.testing.assert_close(got[0], alone[0])
     with pytest.raises(ValueError, match="length prior"):
-        prior(s.features)
+        prior(x)
 
 
 def test_a_manifest_must_name_every_ranker_field():
@@ -265,8 +247,9 @@ def test_a_manifest_must_name_every_ranker_field():
     legacy = {k: v for k, v in RankerConfig(d_in=8).to_dict().items() if k != "length_prior"}
     with pytest.raises(ArtifactError, match=r"lacks \['length_prior'\]"):
         RankerConfig.from_dict(legacy)
-    with pytest.raises(ArtifactError, match="unknown RankerConfig fields"):
-        RankerConfig.from_dict({**RankerConfig(d_in=8).to_dict(), "prior_in_training": True})
+    for gone in ("prior_in_training", "prior_skips_declarations"):  # the prior always skips declarations now
+        with pytest.raises(ArtifactError, match="unknown RankerConfig fields.*ptbot recipe"):
+            RankerConfig.from_dict({**RankerConfig(d_in=8).to_dict(), gone: True})
     with pytest.raises(ValueError, match="length_prior must be >= 0"):
         RankerConfig(d_in=8, length_prior=-1.0)
 

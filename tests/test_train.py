@@ -47,7 +47,7 @@ def test_pretrain_then_bind_writes_a_complete_manifest(tiny_artifact_dir):
     assert m["sae"]["n_latents"] == TINY_SAE["n_latents"] and m["sae"]["k"] == TINY_SAE["k"]
     assert m["sae_training"]["lines"] > 0 and m["sae_training"]["pairs"] > 0
     assert 0 <= m["sae_training"]["fvu"] < 2
-    assert m["ranker"]["d_in"] == FeatureConfig().n_inputs(TINY_SAE["n_latents"])
+    assert m["ranker"]["d_in"] == FeatureConfig().n_inputs(m["supervisor"]["hidden_size"])
     assert m["calibration"]["method"] == "centred"
     assert set(m["calibration"]) == {"method", "a", "b", "c"}
     rt = m["ranker_training"]
@@ -111,68 +111,23 @@ def test_bind_before_pretrain_and_other_bad_inputs(sup, tiny_artifact_dir, tmp_p
 
 
 def test_bind_calibrates_each_source_as_scored_by_a_ranker_trained_without_it(sup, tiny_artifact_dir, tmp_path):
-    recs = [replace(r, source="left" if i % 2 else "right") for i, r in enumerate(tiny_records(24))]
+    """Two sources: each is held out in turn; one source (one repository's records, say): the map
+    is fitted on the dev split's logits instead (``test_ranker`` checks which logits)."""
+    one = tiny_records(24)
+    two = [replace(r, source="left" if i % 2 else "right") for i, r in enumerate(one)]
     cross, dev = tmp_path / "cross", tmp_path / "dev"
     shutil.copytree(tiny_artifact_dir, cross)
     shutil.copytree(tiny_artifact_dir, dev)
-    mc = bind(sup, cross, recs, ranker_cfg=TINY_RANKER, dev_fraction=0.3, progress=False)
-    md = bind(sup, dev, recs, ranker_cfg=TINY_RANKER, dev_fraction=0.3, progress=False, calibrate_on="dev")
+    mc = bind(sup, cross, two, ranker_cfg=TINY_RANKER, dev_fraction=0.3, progress=False)
+    md = bind(sup, dev, one, ranker_cfg=TINY_RANKER, dev_fraction=0.3, progress=False)
+    assert len({r.source for r in one}) == 1
     assert mc["ranker_training"]["calibrated_on"] == "cross-source"
     assert mc["ranker_training"]["held_out_sources"] == ["left", "right"]
     assert md["ranker_training"]["calibrated_on"] == "dev" and md["ranker_training"]["held_out_sources"] == []
-    # the same shipped ranker; only the data its map was fitted on differs
-    a, b = load_file(str(cross / "ranker.safetensors")), load_file(str(dev / "ranker.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert mc["calibration"] != md["calibration"]
-
-
-def test_bind_ranker_sources_keep_the_other_sources_for_calibration_only(sup, tiny_artifact_dir, tmp_path):
-    recs = [replace(r, source="left" if i % 2 else "right") for i, r in enumerate(tiny_records(24))]
-    # poisoned "right" labels must not move the ranker, only the map fitted on them
-    poisoned = [replace(r, buggy_lines=(1,)) if r.source == "right" else r for r in recs]
-    out = {}
-    for name, data in (("clean", recs), ("poisoned", poisoned)):
-        out[name] = tmp_path / name
-        shutil.copytree(tiny_artifact_dir, out[name])
-        m = bind(sup, out[name], data, ranker_cfg=TINY_RANKER, dev_fraction=0.3, progress=False,
-                 ranker_sources=["left"], calibrate_on="dev")
-        rt = m["ranker_training"]
-        assert rt["ranker_sources"] == ["left"] and rt["unseen_sources"] == ["right"]
-        assert 0 < rt["ranker_train_records"] < rt["train_records"]
-    a, b = load_file(str(out["clean"] / "ranker.safetensors")), load_file(str(out["poisoned"] / "ranker.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert read_manifest(out["clean"])["calibration"] != read_manifest(out["poisoned"])["calibration"]
-    with pytest.raises(ValueError, match="no records of source"):
-        bind(sup, out["clean"], recs, ranker_cfg=TINY_RANKER, dev_fraction=0.3, progress=False,
-             ranker_sources=["nowhere"])
-    with pytest.raises(ValueError, match="needs the same --ranker-sources"):
-        bind(sup, out["clean"], recs, dev_fraction=0.3, progress=False, keep_ranker=True)
-    m = bind(sup, out["clean"], recs, dev_fraction=0.3, progress=False, keep_ranker=True, ranker_sources=["left"])
-    assert m["ranker_training"]["ranker_sources"] == ["left"]
-
-
-def test_bind_keep_ranker_refits_only_the_calibration(sup, tiny_artifact_dir, tmp_path):
-    model = tmp_path / "model"
-    shutil.copytree(tiny_artifact_dir, model)
-    before = read_manifest(model)
-    weights = (model / "ranker.safetensors").read_bytes()
-    recs = tiny_records(24)
-    m = bind(sup, model, recs, dev_fraction=0.3, progress=False, keep_ranker=True, calibration="platt",
-             calibrate_on="dev", version="9.9")
-    assert (model / "ranker.safetensors").read_bytes() == weights
-    assert m["ranker"] == before["ranker"] and m["version"] == "9.9"
-    assert m["calibration"]["method"] == "platt" and before["calibration"]["method"] == "centred"
-    assert m["ranker_training"]["best_epoch"] == before["ranker_training"]["best_epoch"]
-    # same ranker, same dev split: the ranking metrics cannot move, only the probabilities
-    for key in ("top1", "top3", "auroc"):
-        assert m["dev_metrics"][key] == before["dev_metrics"][key], key
-    with pytest.raises(ValueError, match="Keeping it needs the same data and split"):
-        bind(sup, model, recs, dev_fraction=0.3, seed=1, progress=False, keep_ranker=True)
-    with pytest.raises(ValueError, match="Keeping it needs the same data and split"):
-        bind(sup, model, recs[:20], dev_fraction=0.3, progress=False, keep_ranker=True)
-    with pytest.raises(ValueError, match="do nothing when the bound ranker is kept"):
-        bind(sup, model, recs, dev_fraction=0.3, progress=False, keep_ranker=True, ranker_cfg={"epochs": 2})
-    assert (model / "ranker.safetensors").read_bytes() == weights
+    assert mc["calibration"]["method"] == md["calibration"]["method"] == "centred"
+    for gone in ("calibration", "calibrate_on", "keep_ranker", "ranker_sources", "features_update"):
+        with pytest.raises(TypeError, match=gone):
+            bind(sup, dev, one, progress=False, **{gone: None})
 
 
 def test_pretrain_holdout_keeps_dev_problems_out_of_stage_1(sup, tmp_path):
@@ -199,55 +154,46 @@ def test_ranker_inputs_columns_and_relative_shape():
     from analyzer.features import ranker_inputs
     from analyzer.lines import LineSpan
 
-    lines = [LineSpan(1, 0, 0, 1, "x = 1"), LineSpan(2, 1, 3, 3, "return foo(x)"), LineSpan(3, 4, 6, 7, "y")]
-    latents = torch.tensor([[1.0, 0.0], [3.0, 2.0], [2.0, 4.0]])  # (3 lines, 2 latents)
+    lines = [LineSpan(1, 0, 0, 1, "def f(x):"), LineSpan(2, 1, 3, 3, "return foo(x)"), LineSpan(3, 4, 6, 7, "y")]
+    states = torch.tensor([[1.0, 0.0], [3.0, 2.0], [2.0, 4.0]])  # (3 lines, 2-d states)
     absolute_shape = FeatureConfig(prefix="", relative_shape=False)
-    x = ranker_inputs(latents, lines, absolute_shape)  # (3, 2 centred latents + [log tokens, position, log chars])
-    assert x.shape == (3, 5)
-    torch.testing.assert_close(x[:, :2], latents - latents.mean(0))
+    # 2 centred states + [log tokens, position, log chars] + the declaration column, last
+    x = ranker_inputs(states, lines, absolute_shape)
+    assert x.shape == (3, 6) == (3, absolute_shape.n_inputs(2))
+    torch.testing.assert_close(x[:, :2], states - states.mean(0))
     toks = torch.tensor([math.log1p(1), math.log1p(3), math.log1p(7)])
-    chars = torch.tensor([math.log1p(5), math.log1p(13), math.log1p(1)])
+    chars = torch.tensor([math.log1p(9), math.log1p(13), math.log1p(1)])
     torch.testing.assert_close(x[:, 2], toks)
     torch.testing.assert_close(x[:, 3], torch.tensor([0.0, 0.5, 1.0]))
     torch.testing.assert_close(x[:, 4], chars)
+    assert x[:, 5].tolist() == [1.0, 0.0, 0.0]  # 1.0 on the function header
 
-    rel = ranker_inputs(latents, lines, FeatureConfig(prefix=""))
+    rel = ranker_inputs(states, lines, FeatureConfig(prefix=""))
     assert FeatureConfig().relative_shape is True
     torch.testing.assert_close(rel[:, 2], toks - toks.mean())  # shape relative to the file
     torch.testing.assert_close(rel[:, 3], x[:, 3])              # position unchanged
     torch.testing.assert_close(rel[:, 4], chars - chars.mean())
+    torch.testing.assert_close(rel[:, 5], x[:, 5])              # declarations unchanged
     assert FeatureConfig.from_dict(FeatureConfig().to_dict()) == FeatureConfig()
-    # declarations: one more, last column, 1.0 on import and header lines
-    decl_lines = [LineSpan(1, 0, 0, 1, "def f(x):"), *lines[1:]]
-    d = ranker_inputs(latents, decl_lines, FeatureConfig(prefix="", declarations=True))
-    assert d.shape == (3, 6) == (3, FeatureConfig(declarations=True).n_inputs(2))
-    torch.testing.assert_close(d[:, :5], ranker_inputs(latents, decl_lines, FeatureConfig(prefix="")))
-    assert d[:, 5].tolist() == [1.0, 0.0, 0.0]
-    assert FeatureConfig.from_dict(FeatureConfig().to_dict()).declarations is False
 
 
-def test_feature_manifests_name_every_field_and_centred_latents_only():
-    """Models written before the one recipe record ``absolute: false, centre: true``: those read
-    as today's recipe; uncentred latents and a missing field are refused."""
+def test_feature_manifests_name_every_field_and_no_other():
+    """A manifest's features are read as written: a removed switch (``inputs``, ``declarations``,
+    the uncentred ``absolute``) or a missing field is refused, never read as today's default."""
     from analyzer.artifact import default_model_dir
 
     shipped = read_manifest(default_model_dir())["features"]
-    assert "absolute" not in shipped and "centre" not in shipped
-    assert FeatureConfig.from_dict(shipped).inputs == "states"
-    assert FeatureConfig.from_dict({**shipped, "absolute": False, "centre": True}) == FeatureConfig.from_dict(shipped)
-    written = {**FeatureConfig().to_dict(), "absolute": False, "centre": True}
-    assert FeatureConfig.from_dict(written) == FeatureConfig()
-    with pytest.raises(ArtifactError, match="uncentred latents"):
-        FeatureConfig.from_dict({**written, "absolute": True})
-    with pytest.raises(ArtifactError, match="uncentred latents"):
-        FeatureConfig.from_dict({**written, "centre": False})
+    assert FeatureConfig.from_dict(shipped) == FeatureConfig()
+    for old in ({"inputs": "states"}, {"declarations": True}, {"absolute": False, "centre": True}):
+        with pytest.raises(ArtifactError, match="built by another ptbot version.*ptbot recipe"):
+            FeatureConfig.from_dict({**shipped, **old})
     with pytest.raises(ArtifactError, match=r"lacks \['relative_shape'\]"):
-        FeatureConfig.from_dict({k: v for k, v in written.items() if k != "relative_shape"})
+        FeatureConfig.from_dict({k: v for k, v in shipped.items() if k != "relative_shape"})
 
 
-def test_bind_on_raw_states_with_a_prior_that_skips_declarations(sup, tiny_artifact_dir, tmp_path):
-    """``inputs = states``: the ranker reads the supervisor's states (the SAE only explains), and the
-    length prior leaves declaration lines (last feature column) alone; the scorer reads both back."""
+def test_bind_reads_raw_states_and_the_prior_skips_declarations(sup, tiny_artifact_dir, tmp_path):
+    """The ranker reads the supervisor's states (the SAE only explains), and the length prior
+    leaves declaration lines (last feature column) alone; the scorer reads both back."""
     from analyzer.declarations import declares
     from analyzer.ranker import length_prior_term
     from analyzer.score import RiskScorer
@@ -255,17 +201,9 @@ def test_bind_on_raw_states_with_a_prior_that_skips_declarations(sup, tiny_artif
 
     model = tmp_path / "model"
     shutil.copytree(tiny_artifact_dir, model)
-    with pytest.raises(ValueError, match="bind with --declarations"):
-        bind(sup, model, tiny_records(), ranker_cfg={**TINY_RANKER, "prior_skips_declarations": True},
-             progress=False)
-    with pytest.raises(ValueError, match="prefix is fixed by stage 1"):
-        bind(sup, model, tiny_records(), features_update={"prefix": ""}, progress=False)
     m = bind(sup, model, tiny_records(), dev_fraction=0.3, progress=False,
-             ranker_cfg={**TINY_RANKER, "length_prior": 6.0, "prior_skips_declarations": True},
-             features_update={"inputs": "states", "declarations": True})
-    assert m["features"]["inputs"] == "states" and m["features"]["declarations"] is True
+             ranker_cfg={**TINY_RANKER, "length_prior": 6.0})
     assert m["ranker"]["d_in"] == sup.info.hidden_size + 4  # states, 3 shape columns, declarations
-    assert read_manifest(model)["ranker"]["prior_skips_declarations"] is True
 
     scorer = RiskScorer.load(model, supervisor=sup.cfg)
     code = "import os\ndef f(a, b):\n    x = a + b * 2 - len(os.sep)\n    return x\n"
@@ -279,3 +217,28 @@ def test_bind_on_raw_states_with_a_prior_that_skips_declarations(sup, tiny_artif
     delta = scorer.ranker(x, tokens) - scorer.ranker.mlp_logits(x)
     expect = 6.0 * length_prior_term(tokens) * (1 - x[:, -1])
     assert torch.allclose(delta, expect, atol=1e-5) and x[:, -1].sum() >= 1
+
+
+def test_the_recipe_is_the_library_default_and_the_shipped_models(tiny_artifact_dir):
+    """``Recipe`` names the defaults of ``RankerConfig`` and ``FeatureConfig``, and the shipped
+    manifest was built with it: the product code knows one recipe."""
+    from dataclasses import fields
+
+    from analyzer.artifact import default_model_dir
+    from analyzer.ranker import RankerConfig
+    from lab.recipe import Recipe
+
+    recipe, shipped = Recipe(), read_manifest(default_model_dir())
+    ranker = RankerConfig(d_in=1)
+    assert (recipe.length_prior, recipe.members) == (ranker.length_prior, ranker.members) == (3.0, 5)
+    assert shipped["recipe"] == recipe.to_dict()
+    assert FeatureConfig.from_dict(shipped["features"]) == FeatureConfig()
+    bound = RankerConfig.from_dict(shipped["ranker"])
+    assert (bound.length_prior, bound.members) == (recipe.length_prior, recipe.members)
+    assert {f.name for f in fields(RankerConfig)} == set(shipped["ranker"])
+    assert shipped["supervisor"]["model"] == recipe.supervisor and shipped["supervisor"]["layer"] == recipe.layer
+    assert shipped["sae"]["n_latents"] == recipe.latents
+    assert shipped["calibration"]["method"] == "centred"
+    assert shipped["ranker_training"]["calibrated_on"] == "cross-source"
+    # the shipped manifest says what bind writes today, no more
+    assert set(shipped["ranker_training"]) == set(read_manifest(tiny_artifact_dir)["ranker_training"])
