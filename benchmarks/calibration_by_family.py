@@ -41,9 +41,8 @@ def scores(model, items):
         return [model(s.features, s.tokens).float().numpy() for s in items]
 
 
-def metrics(cal, logits, labels):
-    p = np.concatenate([cal.predict(s) for s in logits])
-    y = np.concatenate(labels)
+def ece_bss(p, y):
+    """ECE and BSS against the lines' own base rate, for probabilities p and labels y (both (n,))."""
     return ece(p, y), brier_skill_score(p, y, float(y.mean()))
 
 
@@ -76,15 +75,14 @@ def main():
         repos = sorted(by[fam])
         logits = [x for repo in repos for x in by[fam][repo][0]]
         labels = [y for repo in repos for y in by[fam][repo][1]]
-        e1, b1 = metrics(one, logits, labels)
+        e1, b1 = ece_bss(np.concatenate([one.predict(x) for x in logits]), np.concatenate(labels))
         p_all, y_all = [], []
         for repo in repos:
             other = [o for o in repos if o != repo]
             cal = fit_calibrator([x for o in other for x in by[fam][o][0]], [y for o in other for y in by[fam][o][1]])
             p_all.append(np.concatenate([cal.predict(x) for x in by[fam][repo][0]]))
             y_all.append(np.concatenate(by[fam][repo][1]))
-        p, y = np.concatenate(p_all), np.concatenate(y_all)
-        e2, b2 = ece(p, y), brier_skill_score(p, y, float(y.mean()))
+        e2, b2 = ece_bss(np.concatenate(p_all), np.concatenate(y_all))
         print(f"{fam}: {e1:.3f} / {b1:.3f} | {e2:.3f} / {b2:.3f}", flush=True)
 
 

@@ -245,13 +245,14 @@ def _ranker_logits(ranker, x: torch.Tensor, r: Reading) -> np.ndarray:
 
 
 def _ranker_method(name: str, seed: int, train: Sequence[Reading], tests: Mapping[str, Sequence[Reading]],
-                   feats, ranker_cfg: dict[str, Any], cfg: EvalConfig) -> MethodRun:
-    """Train the per-line ranker on ``feats(reading)`` (fit split), early-stop on dev, fit the centred
-    map on held-out logits as ``bind`` does (``ranker_training.held_out_logits``), score tests."""
+                   features: FeatureConfig, ranker_cfg: dict[str, Any], cfg: EvalConfig) -> MethodRun:
+    """Train the per-line ranker on the readings' inputs (``_inputs``; fit split), early-stop on dev,
+    fit the centred map on held-out logits as ``bind`` does (``ranker_training.held_out_logits``),
+    score tests."""
     fit, dev = _split(train, cfg.dev_fraction, seed)
 
     def slates(rs: Sequence[Reading]) -> list[Slate]:
-        return [Slate(features=feats(r), labels=torch.tensor(r.labels, dtype=torch.float32),
+        return [Slate(features=_inputs(r, features), labels=torch.tensor(r.labels, dtype=torch.float32),
                       tokens=torch.tensor(r.tokens), group=r.group, source=r.record.source) for r in rs]
 
     fit_s, dev_s = slates(fit), slates(dev)
@@ -266,7 +267,7 @@ def _ranker_method(name: str, seed: int, train: Sequence[Reading], tests: Mappin
         for ds, rs in tests.items():
             out = []
             for r in rs:
-                logits = _ranker_logits(ranker, feats(r), r)
+                logits = _ranker_logits(ranker, _inputs(r, features), r)
                 out.append(_prediction(r, logits, calib.predict(logits)))
             run.predictions[ds] = out
     return run
@@ -445,12 +446,12 @@ def run_eval(train: Sequence[Record], tests: Mapping[str, Sequence[Record]], cfg
         for seed in seeds:
             log.info("evaluating %s (seed %d)", method, seed)
             if method == "pttrust" and train_r:
-                run = _ranker_method(method, seed, train_r, test_r, lambda r: _inputs(r, features), ranker_cfg, cfg)
+                run = _ranker_method(method, seed, train_r, test_r, features, ranker_cfg, cfg)
             elif method == "pttrust":
                 run = _shipped_pttrust(loaded, test_r)
             elif method == "probe":
                 # The paper's probing classifier: the ranker alone, without the product's length prior.
-                run = _ranker_method(method, seed, train_r, test_r, lambda r: _inputs(r, features),
+                run = _ranker_method(method, seed, train_r, test_r, features,
                                      {**ranker_cfg, "length_prior": 0.0}, cfg)
             elif method in ("lookback", "lookback_mlp"):
                 run = _classifier_method(method, "logistic" if method == "lookback" else "mlp",

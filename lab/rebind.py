@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-
 from analyzer import artifact, versions
 from analyzer.calibrate import Calibrator
 from analyzer.features import FeatureConfig, StateCache
